@@ -1,0 +1,495 @@
+"""Typed, validated configuration: one section per pipeline stage.
+
+Defaults reproduce the paper (``../shared/paper/NOTES.md``); where the paper is
+ambiguous the reading we take is the default and the alternatives are switches,
+documented on the field. A config is loaded from YAML, overridden from the
+command line with ``--set section.field=value`` (the value is parsed as YAML),
+validated as a whole, and saved next to every output it produces.
+
+    cfg = load_config("my.yaml", ["filter.fill_rate=0.5", "select.alpha=1"])
+    cfg.filter.fill_rate  # 0.5
+
+A wrong value raises :class:`ConfigError` naming the field, the value, what is
+allowed and the default.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Literal, Optional, Sequence, get_args, get_origin
+
+import yaml
+from annotated_types import Ge, Gt, Le, Lt
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .subtypes import DEFAULT_MIX, SUBTYPES
+
+CONFIG_FILENAME = "config.yaml"
+
+HSVBound = tuple[int, int, int]
+HSVRange = tuple[HSVBound, HSVBound]  # ((h_lo, s_lo, v_lo), (h_hi, s_hi, v_hi)), OpenCV units
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message says which and how to fix it."""
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignment is validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    def digest(self) -> str:
+        """Short stable hash of this section's values (recorded with outputs)."""
+        return config_digest(self)
+
+
+# ---------------------------------------------------------------- run / synth
+
+
+class RunConfig(Section):
+    work_dir: str = Field("work", description="where outputs, the local MLflow store and Ray storage go")
+    seed: int = Field(0, ge=0, description="global seed; stages derive theirs from it unless set")
+    experiment: str = Field("activessf", min_length=1, description="MLflow experiment name")
+    ray_num_cpus: Optional[int] = Field(
+        None, ge=1, description="CPUs for a local Ray started by the platform (None = all)"
+    )
+
+
+class SynthConfig(Section):
+    seed: int = Field(0, ge=0, description="generator seed; same seed and settings = identical files")
+    images: int = Field(24, ge=1, le=1_000_000, description="number of smear fields")
+    width: int = Field(1024, ge=256, le=8192, description="field width in pixels")
+    height: int = Field(768, ge=256, le=8192, description="field height in pixels")
+    labelled: int = Field(240, ge=0, le=1_000_000, description="labelled crops (the paper's set T)")
+    labelled_min_per_class: int = Field(
+        5, ge=0, description="floor per subtype in the labelled set (5 allows 5-fold CV)"
+    )
+    megakaryocytes: tuple[int, int] = Field((1, 4), description="min, max megakaryocytes per field")
+    leukocytes: tuple[int, int] = Field((3, 9), description="min, max small leukocytes per field")
+    platelets: tuple[int, int] = Field((8, 30), description="min, max platelets per field")
+    debris: tuple[int, int] = Field((4, 14), description="min, max debris particles per field")
+    clumps: float = Field(0.35, ge=0, le=10, description="mean large stain-precipitate clumps per field")
+    rbc_coverage: float = Field(0.30, ge=0, le=0.8, description="share of the field covered by red cells")
+    noise_sigma: float = Field(3.0, ge=0, le=50, description="sensor noise, grey levels")
+    illumination: float = Field(0.22, ge=0, le=0.9, description="strength of uneven illumination")
+    stain_jitter: float = Field(0.2, ge=0, le=0.6, description="relative stain intensity variation")
+    mix: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_MIX), description="subtype shares (normalised)"
+    )
+    workers: Optional[int] = Field(None, ge=1, le=256, description="processes (None = CPU count)")
+
+    @field_validator("mix")
+    @classmethod
+    def _check_mix(cls, mix: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(mix) - set(SUBTYPES))
+        if unknown:
+            raise ValueError(f"unknown subtypes {unknown}; known: {list(SUBTYPES)}")
+        if any(v < 0 for v in mix.values()) or sum(mix.values()) <= 0:
+            raise ValueError("shares must be >= 0 and not all zero")
+        return {name: float(mix.get(name, 0.0)) for name in SUBTYPES}  # shares; used normalised
+
+    @model_validator(mode="after")
+    def _check_labelled(self) -> "SynthConfig":
+        need = self.labelled_min_per_class * len(SUBTYPES)
+        if 0 < self.labelled < need:
+            raise ValueError(
+                f"labelled ({self.labelled}) must be 0 or >= {len(SUBTYPES)} subtypes x "
+                f"labelled_min_per_class ({self.labelled_min_per_class}) = {need}"
+            )
+        return self
+
+    @field_validator("megakaryocytes", "leukocytes", "platelets", "debris")
+    @classmethod
+    def _check_span(cls, span: tuple[int, int]) -> tuple[int, int]:
+        if not 0 <= span[0] <= span[1]:
+            raise ValueError(f"must be [min, max] with 0 <= min <= max, got {list(span)}")
+        return span
+
+
+# -------------------------------------------------------------- stage 1: filter
+
+
+def _check_hsv_ranges(ranges: list[HSVRange]) -> list[HSVRange]:
+    for lo, hi in ranges:
+        for name, a, b, top in zip("HSV", lo, hi, (179, 255, 255)):
+            if not 0 <= a <= b <= top:
+                raise ValueError(
+                    f"{name} range [{a}, {b}] must satisfy 0 <= low <= high <= {top} (OpenCV units)"
+                )
+    return ranges
+
+
+class FilterConfig(Section):
+    """Cell region filtering, paper Sec. II-B (NOTES items 1-3)."""
+
+    normalize: Literal["minmax", "percentile", "none"] = Field(
+        "minmax", description="illumination normalisation before blurring"
+    )
+    blur_kernel: int = Field(3, ge=1, le=31, description="Gaussian kernel size (odd)")
+    blur_sigma: float = Field(1.5, gt=0, le=20, description="Gaussian sigma")
+    kmeans_clusters: int = Field(20, ge=2, le=256, description="first-stage colour clusters")
+    merged_clusters: int = Field(10, ge=1, le=256, description="clusters after merging")
+    purple: list[HSVRange] = Field(
+        default_factory=lambda: [((30, 100, 0), (140, 255, 255))], description="purple HSV ranges"
+    )
+    deep_blue: list[HSVRange] = Field(
+        default_factory=lambda: [((95, 150, 50), (105, 255, 255))],
+        description="deep-blue HSV ranges (inside the purple range: NOTES item 1)",
+    )
+    closing_kernel: int = Field(0, ge=0, le=63, description="morphological closing size, 0 = off")
+    min_box: int = Field(70, ge=1, le=10_000, description="minimum box side, pixels")
+    fill_rate: float = Field(0.7, ge=0, le=1, description="minimum region pixels / box area")
+    crop_margin: int = Field(8, ge=0, le=512, description="pixels added around each kept box")
+    max_pixels: int = Field(100_000_000, ge=1, description="larger images are refused (bomb guard)")
+    seed: int = Field(0, ge=0, description="K-means seed")
+
+    @field_validator("purple", "deep_blue")
+    @classmethod
+    def _check_ranges(cls, ranges: list[HSVRange]) -> list[HSVRange]:
+        return _check_hsv_ranges(ranges)
+
+    @model_validator(mode="after")
+    def _check(self) -> "FilterConfig":
+        if self.blur_kernel % 2 == 0:
+            raise ValueError(f"blur_kernel must be odd, got {self.blur_kernel}; the paper uses 3")
+        if self.merged_clusters > self.kmeans_clusters:
+            raise ValueError(
+                f"merged_clusters ({self.merged_clusters}) must be <= kmeans_clusters "
+                f"({self.kmeans_clusters}); the paper merges 20 -> 10"
+            )
+        return self
+
+
+# -------------------------------------------------- stages 2-3: embed, select
+
+
+class EmbedConfig(Section):
+    backbone: str = Field("resnet50", min_length=1, description="any timm model name")
+    weights: Optional[str] = Field(None, description="local path or MLflow model URI; None = random init")
+    image_size: int = Field(224, ge=16, le=1024, description="crops are resized to this square")
+    mean: tuple[float, float, float] = Field((0.485, 0.456, 0.406), description="normalisation mean")
+    std: tuple[float, float, float] = Field((0.229, 0.224, 0.225), description="normalisation std")
+    batch_size: int = Field(64, ge=1, le=8192, description="images per batch")
+
+
+class PrototypesConfig(Section):
+    k: int = Field(11, ge=1, le=10_000, description="number of prototypes (paper: 11)")
+    mode: Literal["kmeans", "class_aware"] = Field(
+        "kmeans", description="kmeans = paper (labels unused); class_aware = extension, k per class"
+    )
+    per_class: int = Field(1, ge=1, le=100, description="prototypes per class in class_aware mode")
+    niter: int = Field(50, ge=1, le=10_000, description="K-means iterations")
+    seed: int = Field(0, ge=0, description="K-means seed")
+
+
+class SelectConfig(Section):
+    """Density-aware threshold, Eq. 8 (NOTES items 4-8)."""
+
+    alpha: float = Field(0.5, ge=0, le=100, description="Eq. 8 exponent (Algorithm 1: 0.5)")
+    bound_mode: Literal["minmax", "absolute", "quantile"] = Field(
+        "minmax", description="where LB and UB come from (NOTES item 5)"
+    )
+    lb: float = Field(15.0, ge=0, description="global LB in absolute mode (Sec. III-B: 17 - 2)")
+    ub: float = Field(19.0, ge=0, description="global UB in absolute mode (Sec. III-B: 17 + 2)")
+    q_low: float = Field(0.05, ge=0, le=1, description="LB quantile in quantile mode")
+    q_high: float = Field(0.95, ge=0, le=1, description="UB quantile in quantile mode")
+
+    @model_validator(mode="after")
+    def _check(self) -> "SelectConfig":
+        if self.lb > self.ub:
+            raise ValueError(f"lb ({self.lb}) must be <= ub ({self.ub})")
+        if self.q_low > self.q_high:
+            raise ValueError(f"q_low ({self.q_low}) must be <= q_high ({self.q_high})")
+        return self
+
+
+# -------------------------------------------------- stages 4-5: train, evaluate
+
+
+class PretrainConfig(Section):
+    method: str = Field("mae", min_length=1, description="SSL method from the registry")
+    model: Literal["tiny", "small", "base", "large"] = Field("base", description="encoder size")
+    image_size: int = Field(224, ge=16, le=1024, description="input size")
+    patch_size: int = Field(16, ge=2, le=64, description="ViT patch size")
+    mask_ratio: float = Field(0.75, gt=0, lt=1, description="MAE mask ratio")
+    norm_pix_loss: bool = Field(True, description="MAE loss on per-patch normalised pixels")
+    source: Literal["selected", "filtered", "all"] = Field(
+        "selected", description="selected regions (ActiveSSF), all filtered regions, or raw fields"
+    )
+    epochs: int = Field(400, ge=1, description="paper: 400")
+    warmup_epochs: int = Field(5, ge=0, description="paper: 5")
+    batch_size: int = Field(64, ge=1, description="global batch (paper: 64)")
+    base_lr: float = Field(1e-3, gt=0, le=10, description="lr = base_lr * batch / 256")
+    weight_decay: float = Field(0.05, ge=0, le=10, description="AdamW, not on norms and biases")
+    accum_steps: int = Field(1, ge=1, le=1024, description="gradient accumulation steps")
+    num_workers: Optional[int] = Field(None, ge=1, description="Ray Train workers (None = from cluster)")
+    use_gpu: Optional[bool] = Field(None, description="None = use GPUs when the cluster has them")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto = bf16/fp16 AMP on GPU, fp32 on CPU"
+    )
+    checkpoint_every: int = Field(10, ge=1, description="epochs between checkpoints")
+    keep_checkpoints: int = Field(3, ge=1, description="checkpoints kept")
+
+    @model_validator(mode="after")
+    def _check(self) -> "PretrainConfig":
+        if self.warmup_epochs > self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be <= epochs ({self.epochs})")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size})")
+        return self
+
+
+class FinetuneConfig(Section):
+    init: Optional[str] = Field(None, description="pretrained encoder path/URI; None = from scratch")
+    backbone: str = Field("vit_base_patch16_224", min_length=1, description="timm model name")
+    num_classes: int = Field(11, ge=2, description="paper: 11 subtypes")
+    image_size: int = Field(224, ge=16, le=1024, description="paper: 224")
+    epochs: int = Field(50, ge=1, description="paper: 50")
+    warmup_epochs: int = Field(5, ge=0, description="warm-up epochs")
+    batch_size: int = Field(64, ge=1, description="global batch")
+    base_lr: float = Field(1e-3, gt=0, le=10, description="lr = base_lr * batch / 256")
+    layer_decay: float = Field(0.75, gt=0, le=1, description="layer-wise lr decay (paper: 0.75)")
+    weight_decay: float = Field(0.05, ge=0, le=10, description="AdamW weight decay")
+    class_balanced: bool = Field(False, description="extension: class-balanced sampling")
+    class_weights: bool = Field(False, description="extension: inverse-frequency loss weights")
+
+
+class EvaluateConfig(Section):
+    folds: int = Field(5, ge=2, le=100, description="stratified k-fold (paper: 5)")
+    seed: int = Field(0, ge=0, description="fold seed; identical folds across compared runs")
+    rare_share: float = Field(0.03, ge=0, le=1, description="classes below this share are rare")
+    common_share: float = Field(0.15, ge=0, le=1, description="classes above this share are common")
+    significance: float = Field(0.05, gt=0, lt=1, description="paired t-test level")
+
+
+class SweepConfig(Section):
+    num_samples: int = Field(8, ge=1, description="trials")
+    max_concurrent_trials: Optional[int] = Field(None, ge=1, description="None = fit the cluster")
+    grace_period: int = Field(1, ge=1, description="ASHA: epochs before a trial can be stopped")
+    pretrain_epochs: int = Field(2, ge=1, description="epochs of pretraining per trial")
+
+
+class RegisterConfig(Section):
+    model_name: str = Field("activessf-classifier", min_length=1, description="registered model")
+    alias: str = Field("champion", min_length=1, description="alias moved on promotion")
+    p_value: float = Field(0.05, gt=0, lt=1, description="promotion needs p below this")
+    max_image_pixels: int = Field(25_000_000, ge=1, description="served images above this are refused")
+
+
+# pydantic warns that the field `register` shadows ABCMeta.register on the class;
+# instances read the field, which is what we want, so the warning is silenced.
+warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
+
+
+class Config(Section):
+    """The whole pipeline's configuration; each attribute is one stage's section."""
+
+    run: RunConfig = Field(default_factory=RunConfig)
+    synth: SynthConfig = Field(default_factory=SynthConfig)
+    filter: FilterConfig = Field(default_factory=FilterConfig)
+    embed: EmbedConfig = Field(default_factory=EmbedConfig)
+    prototypes: PrototypesConfig = Field(default_factory=PrototypesConfig)
+    select: SelectConfig = Field(default_factory=SelectConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
+    register: RegisterConfig = Field(default_factory=RegisterConfig)
+
+
+# ------------------------------------------------------------ load / override
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"filter.fill_rate=0.5"`` -> (["filter", "fill_rate"], 0.5); the value is YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} must look like section.field=value, e.g. filter.fill_rate=0.5")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({exc})") from None
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
+    """Set dotted keys in a nested dict (a copy); validation happens afterwards."""
+    out = json.loads(json.dumps(raw))
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {part!r} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+
+
+def presets() -> list[str]:
+    """Names of the shipped presets (``activessf/presets/*.yaml``)."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def read_preset(name: str) -> dict:
+    path = PRESETS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown preset {name!r}; shipped presets: {', '.join(presets())}")
+    return read_yaml(path)
+
+
+def merge(base: dict, top: dict) -> dict:
+    """Deep merge of nested dicts; ``top`` wins."""
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_config(
+    path: str | Path | None = None, overrides: Sequence[str] = (), preset: str | None = None
+) -> Config:
+    """Defaults, then a shipped preset, then the YAML file, then ``--set`` overrides; validated."""
+    # Start from the defaults so that overriding one key of a mapping (synth.mix.CA-MK=0.05)
+    # keeps the others; unknown keys from files still surface as errors.
+    raw = Config().model_dump(mode="json")
+    if preset:
+        raw = merge(raw, read_preset(preset))
+    if path:
+        raw = merge(raw, read_yaml(path))
+    return build_config(apply_overrides(raw, overrides))
+
+
+def build_config(raw: dict, model: type[BaseModel] = Config) -> Any:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(explain(exc, model)) from None
+
+
+def save_config(cfg: BaseModel, directory: str | Path, name: str = CONFIG_FILENAME) -> Path:
+    """Write the config as YAML next to a stage's outputs; returns the file path."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_text(to_yaml(cfg))
+    return path
+
+
+def to_yaml(cfg: BaseModel) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, default_flow_style=None)
+
+
+def config_digest(cfg: BaseModel) -> str:
+    """First 16 hex digits of the SHA-256 of the canonical JSON of a config."""
+    text = json.dumps(cfg.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def flatten(cfg: BaseModel) -> dict[str, Any]:
+    """``{"filter.fill_rate": 0.7, ...}``: the form MLflow params take."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), value)
+        else:
+            out[prefix] = node
+
+    walk("", cfg.model_dump(mode="json"))
+    return out
+
+
+# ------------------------------------------------------------ error messages
+
+
+def explain(exc: ValidationError, model: type[BaseModel]) -> str:
+    lines = ["invalid configuration:"]
+    for err in exc.errors():
+        lines.append("  - " + _explain_one(err, model))
+    lines.append("Fix the value in your YAML file or with --set section.field=value.")
+    return "\n".join(lines)
+
+
+def _explain_one(err: dict, model: type[BaseModel]) -> str:
+    loc = [str(p) for p in err["loc"]]
+    dotted = ".".join(loc) or "<config>"
+    if err["type"] == "extra_forbidden":
+        owner = _model_at(model, loc[:-1])
+        known = list(owner.model_fields) if owner else []
+        close = difflib.get_close_matches(loc[-1], known, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        return f"{dotted}: unknown field.{hint} Known fields here: {', '.join(known)}"
+    msg = err["msg"].removeprefix("Value error, ")
+    field = _field_at(model, loc)
+    if field is None or _model_at(model, loc) is not None:  # unknown place, or a whole section
+        return f"{dotted}: {msg}"
+    value = err.get("input")
+    parts = [f"{dotted} = {value!r}: {msg}."]
+    allowed = _allowed(field)
+    if allowed:
+        parts.append(f"Allowed: {allowed}.")
+    if field.default is not None and not callable(field.default) and repr(field.default) != "PydanticUndefined":
+        parts.append(f"Default: {field.default!r}.")
+    if field.description:
+        parts.append(f"({field.description})")
+    return " ".join(parts)
+
+
+def _model_at(model: type[BaseModel], loc: list[str]) -> Optional[type[BaseModel]]:
+    for part in loc:
+        field = model.model_fields.get(part)
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        model = field.annotation
+    return model
+
+
+def _field_at(model: type[BaseModel], loc: list[str]):
+    owner = _model_at(model, loc[:-1]) if loc else None
+    if owner is None:
+        # the error may sit deeper than a field (an item of a list): find the field prefix
+        for cut in range(len(loc) - 1, 0, -1):
+            owner = _model_at(model, loc[: cut - 1])
+            if owner is not None and loc[cut - 1] in owner.model_fields:
+                return owner.model_fields[loc[cut - 1]]
+        return None
+    return owner.model_fields.get(loc[-1])
+
+
+_BOUNDS = ((Ge, ">=", "ge"), (Gt, ">", "gt"), (Le, "<=", "le"), (Lt, "<", "lt"))
+
+
+def _allowed(field) -> str:
+    if get_origin(field.annotation) is Literal:
+        return "one of " + ", ".join(map(repr, get_args(field.annotation)))
+    bounds = [
+        f"{sym} {getattr(meta, attr)}"
+        for meta in field.metadata
+        for kind, sym, attr in _BOUNDS
+        if isinstance(meta, kind)
+    ]
+    return " and ".join(bounds)

@@ -1,0 +1,1 @@
+"""Data: image I/O, readers and the synthetic smear generator."""

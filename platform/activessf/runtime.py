@@ -1,0 +1,71 @@
+"""Runtime defaults that make the platform run anywhere (DESIGN.md).
+
+- No ``RAY_ADDRESS``: start a local Ray sized to this machine. With one: join it.
+- No ``MLFLOW_TRACKING_URI``: see :mod:`activessf.tracking` (sqlite under the work dir).
+- Device: CUDA when torch sees a GPU, else CPU; chosen at run time, never assumed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RayRuntime:
+    """How this process is attached to Ray."""
+
+    address: Optional[str]  # the cluster joined, or None when a local Ray was started
+    started_local: bool
+    cpus: float
+    gpus: float
+
+
+def ray_address() -> Optional[str]:
+    """The cluster to join (``RAY_ADDRESS``), or None for a local Ray."""
+    return os.environ.get("RAY_ADDRESS") or None
+
+
+def init_ray(num_cpus: Optional[int] = None) -> RayRuntime:
+    """Join the cluster in ``RAY_ADDRESS`` or start a local Ray sized to the machine.
+
+    Idempotent: when Ray is already initialised in this process, reports on it.
+    ``num_cpus`` limits a *local* Ray only; a joined cluster has its own size.
+    """
+    import ray
+
+    address = ray_address()
+    if not ray.is_initialized():
+        if address:
+            log.info("joining the Ray cluster at %s", address)
+            ray.init(address=address, log_to_driver=True)
+        else:
+            cpus = num_cpus or os.cpu_count() or 1
+            log.info("no RAY_ADDRESS: starting a local Ray with %d CPUs", cpus)
+            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
+    res = ray.cluster_resources()
+    return RayRuntime(address, address is None, float(res.get("CPU", 0)), float(res.get("GPU", 0)))
+
+
+def shutdown_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def select_device(prefer: str = "auto"):
+    """``torch.device`` to run on: ``auto`` picks CUDA only if torch sees a GPU."""
+    import torch
+
+    if prefer not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {prefer!r}")
+    if prefer == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for but torch sees no GPU; use 'auto' or 'cpu'")
+    if prefer == "cpu" or (prefer == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda")

@@ -1,0 +1,81 @@
+"""Runtime defaults: local Ray when no RAY_ADDRESS, join when set; sqlite MLflow by default."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from activessf.runtime import init_ray, select_device, shutdown_ray
+from activessf.tracking import init_mlflow, tracking_uri
+
+
+def test_tracking_uri_defaults_to_sqlite_under_work_dir(tmp_path):
+    assert tracking_uri(tmp_path / "w") == f"sqlite:///{(tmp_path / 'w').resolve()}/mlflow.db"
+
+
+def test_tracking_uri_honours_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert tracking_uri(tmp_path) == "http://127.0.0.1:5999"
+
+
+def test_init_mlflow_writes_sqlite_and_artifacts_under_work_dir(tmp_path):
+    import mlflow
+
+    work = tmp_path / "work"
+    init_mlflow(work, "unit")
+    with mlflow.start_run() as run:
+        mlflow.log_param("p", 1)
+        mlflow.log_metric("m", 0.5)
+        (tmp_path / "note.txt").write_text("hi")
+        mlflow.log_artifact(str(tmp_path / "note.txt"))
+    assert (work / "mlflow.db").is_file()
+    assert not (tmp_path / "mlruns").exists() and not (work / "mlruns").exists()
+    got = mlflow.get_run(run.info.run_id)
+    assert got.data.params == {"p": "1"} and got.data.metrics == {"m": 0.5}
+    assert got.info.artifact_uri.startswith((work / "mlartifacts").resolve().as_uri())
+    assert list((work / "mlartifacts").rglob("note.txt"))
+    # the experiment is found again, not duplicated
+    assert init_mlflow(work, "unit") == got.info.experiment_id
+
+
+def test_device_is_cpu_without_gpu():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert select_device().type == "cpu"
+    with pytest.raises(RuntimeError, match="torch sees no GPU"):
+        select_device("cuda")
+    with pytest.raises(ValueError, match="auto, cpu or cuda"):
+        select_device("tpu")
+
+
+JOIN = """
+import json, os
+from activessf.runtime import init_ray
+rt = init_ray()
+import ray
+print(json.dumps({"address": rt.address, "local": rt.started_local, "cpus": rt.cpus,
+                  "nodes": len(ray.nodes())}))
+"""
+
+
+@pytest.mark.ray
+def test_local_ray_then_join_it(tmp_path):
+    import ray
+
+    rt = init_ray(num_cpus=2)
+    try:
+        assert rt.started_local and rt.address is None and rt.cpus == 2
+        assert init_ray() == rt  # idempotent
+        gcs = ray.get_runtime_context().gcs_address
+        env = {**os.environ, "RAY_ADDRESS": gcs}
+        out = subprocess.run([sys.executable, "-c", JOIN], env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        joined = json.loads(out.stdout.strip().splitlines()[-1])
+        assert joined == {"address": gcs, "local": False, "cpus": 2.0, "nodes": 1}
+    finally:
+        shutdown_ray()
