@@ -134,6 +134,10 @@ class FilterConfig(Section):
     blur_sigma: float = Field(1.5, gt=0, le=20, description="Gaussian sigma")
     kmeans_clusters: int = Field(20, ge=2, le=256, description="first-stage colour clusters")
     merged_clusters: int = Field(10, ge=1, le=256, description="clusters after merging")
+    colour_bits: int = Field(
+        5, ge=4, le=8, description="colour histogram resolution, bits per channel (K-means runs one bit coarser)"
+    )
+    kmeans_max_iter: int = Field(100, ge=1, le=10_000, description="Lloyd iterations at most")
     purple: list[HSVRange] = Field(
         default_factory=lambda: [((30, 100, 0), (140, 255, 255))], description="purple HSV ranges"
     )

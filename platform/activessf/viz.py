@@ -48,3 +48,40 @@ def contact_sheet(
 def _text(img: np.ndarray, text: str, org: tuple[int, int], colour=(20, 20, 20), scale: float = 0.5):
     for i, line in enumerate(text.split("\n")):
         cv2.putText(img, line, (org[0], org[1] + 16 * i), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
+
+
+def image_grid(images: Sequence[np.ndarray], columns: int = 8, thumb: int = 96, gap: int = 4) -> np.ndarray:
+    """Thumbnails in rows of ``columns``; an empty list gives a small 'no images' tile."""
+    if not images:
+        tile = np.full((thumb, thumb * 2, 3), 255, np.uint8)
+        _text(tile, "no images", (10, thumb // 2), colour=(150, 150, 150))
+        return tile
+    rows = (len(images) + columns - 1) // columns
+    cols = min(columns, len(images))
+    sheet = np.full((gap + rows * (thumb + gap), gap + cols * (thumb + gap), 3), 255, np.uint8)
+    for i, img in enumerate(images):
+        y, x = gap + (i // columns) * (thumb + gap), gap + (i % columns) * (thumb + gap)
+        sheet[y : y + thumb, x : x + thumb] = thumbnail(img, thumb)
+    return sheet
+
+
+def region_stats_figure(kept: dict, rejected: dict, min_box: int, fill_rate: float, path) -> None:
+    """Histograms of box side and fill rate, kept vs rejected-for-fill, thresholds marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for data, label, colour in ((kept, "kept", "tab:purple"), (rejected, "rejected: fill rate", "tab:grey")):
+        side = np.minimum(np.asarray(data["w"], float), np.asarray(data["h"], float))
+        axes[0].hist(side, bins=30, alpha=0.6, label=f"{label} ({len(side)})", color=colour)
+        axes[1].hist(np.asarray(data["fill_rate"], float), bins=30, range=(0, 1), alpha=0.6, label=label, color=colour)
+    axes[0].axvline(min_box, color="k", ls="--", lw=1)
+    axes[0].set(xlabel="shorter box side (px)", ylabel="regions", title=f"box size (min {min_box} px)")
+    axes[1].axvline(fill_rate, color="k", ls="--", lw=1)
+    axes[1].set(xlabel="fill rate (region px / box px)", title=f"fill rate (min {fill_rate})")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,50 @@
+"""Ground-truth boxes: Pascal VOC XML (e.g. BCCD) and the synthetic generator's JSON.
+
+Both read into ``{image key: [(label, (x, y, w, h)), ...]}`` where the key is
+the image file's stem (``BloodImage_00000``, ``field_00000``).
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+Box = tuple[int, int, int, int]  # x, y, w, h
+
+
+def image_key(source: str) -> str:
+    """The key an image is known by in annotations: its file stem."""
+    return Path(source.split("://")[-1]).stem
+
+
+def read_voc(path: str | Path) -> list[tuple[str, Box]]:
+    """Objects of one VOC XML file as (name, (x, y, w, h)); VOC corners are inclusive, 1-based."""
+    root = ET.parse(path).getroot()
+    out = []
+    for obj in root.iter("object"):
+        bb = obj.find("bndbox")
+        x0, y0, x1, y1 = (int(round(float(bb.find(t).text))) for t in ("xmin", "ymin", "xmax", "ymax"))
+        out.append((obj.find("name").text.strip(), (x0 - 1, y0 - 1, x1 - x0 + 1, y1 - y0 + 1)))
+    return out
+
+
+def load_boxes(spec: str | Path) -> dict[str, list[tuple[str, Box]]]:
+    """Boxes from a VOC directory (``*.xml``, or its ``Annotations/``), one VOC file,
+    or a synthetic ``ground_truth.json`` (the file or its directory)."""
+    path = Path(spec)
+    if path.is_dir() and (path / "ground_truth.json").exists():
+        path = path / "ground_truth.json"
+    if path.is_file() and path.suffix == ".json":
+        record = json.loads(path.read_text())
+        if "fields" not in record:
+            raise ValueError(f"{path} is not a ground truth written by `activessf synth`")
+        return {image_key(f["file"]): [(c["type"], tuple(c["box"])) for c in f["cells"]] for f in record["fields"]}
+    if path.is_dir():
+        xml = sorted(path.glob("*.xml")) or sorted((path / "Annotations").glob("*.xml"))
+        if not xml:
+            raise FileNotFoundError(f"{spec}: no VOC *.xml files and no ground_truth.json")
+        return {p.stem: read_voc(p) for p in xml}
+    if path.is_file() and path.suffix == ".xml":
+        return {path.stem: read_voc(path)}
+    raise FileNotFoundError(f"{spec}: expected a VOC directory or XML file, or a synthetic ground_truth.json")

@@ -1,0 +1,1 @@
+"""Distributed stages: thin Ray and MLflow wrappers around the pure algorithms."""

@@ -1,0 +1,199 @@
+"""Stage 1 on Ray Data: filter cell regions out of every smear image, in parallel.
+
+Files are listed on the driver and read inside the workers, so an unreadable
+path, a broken file or an undecodable name becomes an error row instead of a
+failed job. Output (``OUT``):
+
+    regions/*.parquet   one row per kept region (REGION_SCHEMA), crops as PNG bytes
+    rejected.parquet    large components rejected for their fill rate (the near misses)
+    errors.parquet      one row per file that could not be processed (source, stage, code, error)
+    images.parquet      one row per processed image (size, kept, rejected by reason, seconds)
+    summary.json        counts, failures by reason, rejections by reason, throughput
+    config.yaml         the full configuration that produced this output
+    contact_sheet.png   a sample of kept regions
+    region_stats.png    box sizes and fill rates of kept and rejected regions
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..config import Config, FilterConfig, flatten, save_config
+from ..data.sources import list_inputs, read_bytes
+from ..regions.records import (
+    ERROR_SCHEMA,
+    IMAGE_SCHEMA,
+    REGION_SCHEMA,
+    REJECTED_SCHEMA,
+    ImageRecords,
+    display_name,
+    error_record,
+    process_image,
+)
+from .outputs import staged_output
+
+log = logging.getLogger(__name__)
+
+TABLES = {"regions": REGION_SCHEMA, "rejected": REJECTED_SCHEMA, "errors": ERROR_SCHEMA, "images": IMAGE_SCHEMA}
+UNIFIED = pa.schema(
+    [("kind", pa.string())]
+    + list({f.name: f for schema in TABLES.values() for f in schema}.values())
+)
+
+
+def filter_batch(batch: dict[str, np.ndarray], cfg: dict) -> pa.Table:
+    """Ray Data UDF: a batch of file paths in, unified region/rejected/error/image rows out."""
+    import cv2
+
+    cv2.setNumThreads(1)  # one core per task; Ray does the parallelism
+    config = FilterConfig(**cfg)
+    digest = config.digest()
+    out = ImageRecords()
+    for path, source in zip(batch["path"], batch["source"]):
+        out.extend(filter_file(bytes(path), str(source), config, digest))
+    return unify(out)
+
+
+def filter_file(path: bytes, source: str, cfg: FilterConfig, digest: str) -> ImageRecords:
+    try:
+        data = read_bytes(path.decode() if b"://" in path[:16] else path)
+    except OSError as exc:
+        return error_record(source, "read", "unreadable", f"cannot read the file: {exc.strerror or exc}")
+    return process_image(data, source, cfg, digest)
+
+
+def unify(records: ImageRecords) -> pa.Table:
+    rows = [dict(r, kind=kind) for kind in TABLES for r in getattr(records, kind)]
+    return pa.Table.from_pylist(rows, UNIFIED)
+
+
+def run_filter(
+    input_spec: str,
+    out: str | Path,
+    cfg: Config,
+    overwrite: bool = False,
+    cpus_per_task: float = 1.0,
+    batch_size: int = 8,
+) -> dict:
+    """Filter every image named by ``input_spec`` into ``out``; returns the summary.
+
+    Ray must be initialised (see ``activessf.runtime.init_ray``).
+    """
+    import ray
+    from ray.data.expressions import col
+
+    files = list_inputs(input_spec)
+    items = [{"path": p if isinstance(p, bytes) else p.encode(), "source": display_name(p)} for p in files]
+    cpus = max(int(ray.cluster_resources().get("CPU", 1)), 1)
+    with staged_output(out, overwrite) as stage:
+        started = time.time()
+        ds = ray.data.from_items(items, override_num_blocks=min(len(items), max(4 * cpus, 1)))
+        ds = ds.map_batches(
+            filter_batch,
+            fn_kwargs={"cfg": cfg.filter.model_dump()},
+            batch_size=batch_size,
+            num_cpus=cpus_per_task,
+            compute=ray.data.TaskPoolStrategy(size=max(int(cpus / cpus_per_task), 1)),
+        ).materialize()
+        seconds = time.time() - started
+        for kind, schema in TABLES.items():
+            part = ds.filter(expr=col("kind") == kind).select_columns(schema.names)
+            if kind == "regions":
+                write_dataset(part, stage / "regions", schema)
+            else:
+                pq.write_table(collect(part, schema), stage / f"{kind}.parquet")
+        summary = summarise(stage, len(files), seconds, cfg.filter)
+        (stage / "summary.json").write_text(json.dumps(summary, indent=2))
+        save_config(cfg, stage)
+        write_figures(stage, cfg.filter)
+    return summary
+
+
+def collect(ds, schema: pa.Schema) -> pa.Table:
+    import ray
+
+    tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
+    return pa.concat_tables([t.cast(schema) for t in tables]) if tables else schema.empty_table()
+
+
+def write_dataset(ds, path: Path, schema: pa.Schema) -> None:
+    """Parquet files of ``ds`` under ``path``; an empty file with the schema if no rows."""
+    ds.write_parquet(str(path))
+    if not path.exists() or not any(path.glob("*.parquet")):
+        path.mkdir(parents=True, exist_ok=True)
+        pq.write_table(schema.empty_table(), path / "empty.parquet")
+
+
+def read_table(out: str | Path, name: str, columns: list[str] | None = None) -> pa.Table:
+    """One table of a filter output directory (``regions`` is a directory of files)."""
+    path = Path(out) / (name if name == "regions" else f"{name}.parquet")
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: is {out} the output of `activessf filter`?")
+    return pq.read_table(path, columns=columns, schema=TABLES[name] if name == "regions" else None)
+
+
+def summarise(out: Path, n_files: int, seconds: float, cfg: FilterConfig) -> dict:
+    images = read_table(out, "images").to_pylist()
+    errors = read_table(out, "errors").to_pylist()
+    return {
+        "images_read": n_files,
+        "images_ok": len(images),
+        "images_failed": len(errors),
+        "failed_by_reason": dict(sorted(Counter(e["code"] for e in errors).items())),
+        "regions_kept": int(sum(r["regions"] for r in images)),
+        "rejected_by_reason": {
+            "too_small": int(sum(r["too_small"] for r in images)),
+            "low_fill": int(sum(r["low_fill"] for r in images)),
+        },
+        "seconds": round(seconds, 2),
+        "images_per_s": round(n_files / seconds, 2) if seconds > 0 else None,
+        "config_digest": cfg.digest(),
+    }
+
+
+def format_summary(s: dict) -> str:
+    failed = ", ".join(f"{k} {v}" for k, v in s["failed_by_reason"].items()) or "none"
+    rej = s["rejected_by_reason"]
+    return "\n".join(
+        [
+            f"images read      {s['images_read']} ({s['images_ok']} processed, {s['images_failed']} failed: {failed})",
+            f"regions kept     {s['regions_kept']}",
+            f"rejected         too small {rej['too_small']}, low fill rate {rej['low_fill']}",
+            f"throughput       {s['images_per_s']} images/s ({s['seconds']} s)",
+        ]
+    )
+
+
+def write_figures(out: Path, cfg: FilterConfig, sample: int = 48) -> None:
+    from ..imageio import decode_png, write_png
+    from ..viz import image_grid, region_stats_figure
+
+    kept = read_table(out, "regions", ["w", "h", "fill_rate"]).to_pydict()
+    rejected = read_table(out, "rejected", ["w", "h", "fill_rate"]).to_pydict()
+    region_stats_figure(kept, rejected, cfg.min_box, cfg.fill_rate, out / "region_stats.png")
+    crops = read_table(out, "regions", ["crop"]).column("crop").to_pylist()
+    step = max(len(crops) // sample, 1)
+    write_png(out / "contact_sheet.png", image_grid([decode_png(c) for c in crops[::step][:sample]], columns=8))
+
+
+def log_to_mlflow(out: Path, cfg: Config, input_spec: str, summary: dict) -> str:
+    """One MLflow run (nested under an active run) with the config, summary and figures."""
+    import mlflow
+
+    with mlflow.start_run(run_name="filter", nested=mlflow.active_run() is not None) as run:
+        mlflow.log_params({**flatten(cfg.filter), "input": input_spec, "output": str(out)})
+        metrics = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None}
+        metrics.update({f"failed.{k}": v for k, v in summary["failed_by_reason"].items()})
+        metrics.update({f"rejected.{k}": v for k, v in summary["rejected_by_reason"].items()})
+        mlflow.log_metrics(metrics)
+        for name in ("config.yaml", "summary.json", "contact_sheet.png", "region_stats.png"):
+            mlflow.log_artifact(str(Path(out) / name))
+        return run.info.run_id
