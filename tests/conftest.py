@@ -8,6 +8,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Tests never join a user's cluster or write to a user's MLflow store, even from
+# module-scoped fixtures that run before the per-test isolation below.
+for _var in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI"):
+    os.environ.pop(_var, None)
 BCCD = Path(os.environ.get("ACTIVESSF_BCCD", REPO.parent / "shared" / "data" / "bccd"))
 
 
@@ -29,3 +34,13 @@ def bccd() -> Path:
     if not (BCCD / "JPEGImages").is_dir():
         pytest.skip(f"BCCD data not found at {BCCD} (set ACTIVESSF_BCCD to its path)")
     return BCCD
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """One real local Ray per test module (2 CPUs), shut down afterwards."""
+    from activessf.runtime import init_ray, shutdown_ray
+
+    rt = init_ray(num_cpus=2)
+    yield rt
+    shutdown_ray()

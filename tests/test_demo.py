@@ -41,6 +41,11 @@ def test_demo_runs_and_reports(tmp_path):
     assert "mlflow ui --backend-store-uri sqlite:///" in out.stdout and "127.0.0.1" in out.stdout
     for name in SUBTYPES:
         assert name in out.stdout
+    stage1 = summary["stages"]["filter"]
+    assert stage1["summary"]["images_read"] == 3 and stage1["summary"]["images_failed"] == 0
+    assert (work / "regions" / "regions").is_dir() and (work / "regions" / "eval_megakaryocyte.json").is_file()
+    assert 0 <= stage1["eval"]["recall"] <= 1 and stage1["eval"]["truth_boxes"] > 0
+    assert "Stage 1, cell region filtering" in out.stdout
     sheet = read_rgb(summary["contact_sheet"])
     assert sheet.shape[0] >= 11 * 96  # one row per subtype
 
@@ -48,6 +53,9 @@ def test_demo_runs_and_reports(tmp_path):
 
     mlflow.set_tracking_uri(summary["mlflow"]["tracking_uri"])
     run = mlflow.get_run(summary["mlflow"]["run_id"])
+    children = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'",
+                                  experiment_ids=[run.info.experiment_id])
+    assert {"filter", "filter-eval-megakaryocyte"} <= set(children["tags.mlflow.runName"])
     assert run.data.params["images"] == "3"
     assert run.data.metrics["labelled.CA-MK"] == 5
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}

@@ -137,6 +137,9 @@ class FilterConfig(Section):
     colour_bits: int = Field(
         5, ge=4, le=8, description="colour histogram resolution, bits per channel (K-means runs one bit coarser)"
     )
+    kmeans_bits: int = Field(
+        3, ge=2, le=8, description="K-means runs on histogram cells this coarse (bits per channel, <= colour_bits)"
+    )
     kmeans_max_iter: int = Field(100, ge=1, le=10_000, description="Lloyd iterations at most")
     purple: list[HSVRange] = Field(
         default_factory=lambda: [((30, 100, 0), (140, 255, 255))], description="purple HSV ranges"
@@ -161,6 +164,8 @@ class FilterConfig(Section):
     def _check(self) -> "FilterConfig":
         if self.blur_kernel % 2 == 0:
             raise ValueError(f"blur_kernel must be odd, got {self.blur_kernel}; the paper uses 3")
+        if self.kmeans_bits > self.colour_bits:
+            raise ValueError(f"kmeans_bits ({self.kmeans_bits}) must be <= colour_bits ({self.colour_bits})")
         if self.merged_clusters > self.kmeans_clusters:
             raise ValueError(
                 f"merged_clusters ({self.merged_clusters}) must be <= kmeans_clusters "

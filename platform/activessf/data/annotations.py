@@ -1,7 +1,8 @@
 """Ground-truth boxes: Pascal VOC XML (e.g. BCCD) and the synthetic generator's JSON.
 
-Both read into ``{image key: [(label, (x, y, w, h)), ...]}`` where the key is
-the image file's stem (``BloodImage_00000``, ``field_00000``).
+Both read into ``{image key: [(label, (x, y, w, h), subtype), ...]}`` where the
+key is the image file's stem (``BloodImage_00000``, ``field_00000``) and
+``subtype`` is the synthetic cell's subtype (None for VOC).
 """
 
 from __future__ import annotations
@@ -18,18 +19,18 @@ def image_key(source: str) -> str:
     return Path(source.split("://")[-1]).stem
 
 
-def read_voc(path: str | Path) -> list[tuple[str, Box]]:
-    """Objects of one VOC XML file as (name, (x, y, w, h)); VOC corners are inclusive, 1-based."""
+def read_voc(path: str | Path) -> list[tuple[str, Box, None]]:
+    """Objects of one VOC XML file as (name, (x, y, w, h), None); VOC corners are inclusive, 1-based."""
     root = ET.parse(path).getroot()
     out = []
     for obj in root.iter("object"):
         bb = obj.find("bndbox")
         x0, y0, x1, y1 = (int(round(float(bb.find(t).text))) for t in ("xmin", "ymin", "xmax", "ymax"))
-        out.append((obj.find("name").text.strip(), (x0 - 1, y0 - 1, x1 - x0 + 1, y1 - y0 + 1)))
+        out.append((obj.find("name").text.strip(), (x0 - 1, y0 - 1, x1 - x0 + 1, y1 - y0 + 1), None))
     return out
 
 
-def load_boxes(spec: str | Path) -> dict[str, list[tuple[str, Box]]]:
+def load_boxes(spec: str | Path) -> dict[str, list[tuple[str, Box, str | None]]]:
     """Boxes from a VOC directory (``*.xml``, or its ``Annotations/``), one VOC file,
     or a synthetic ``ground_truth.json`` (the file or its directory)."""
     path = Path(spec)
@@ -39,7 +40,8 @@ def load_boxes(spec: str | Path) -> dict[str, list[tuple[str, Box]]]:
         record = json.loads(path.read_text())
         if "fields" not in record:
             raise ValueError(f"{path} is not a ground truth written by `activessf synth`")
-        return {image_key(f["file"]): [(c["type"], tuple(c["box"])) for c in f["cells"]] for f in record["fields"]}
+        return {image_key(f["file"]): [(c["type"], tuple(c["box"]), c.get("subtype")) for c in f["cells"]]
+                for f in record["fields"]}
     if path.is_dir():
         xml = sorted(path.glob("*.xml")) or sorted((path / "Annotations").glob("*.xml"))
         if not xml:

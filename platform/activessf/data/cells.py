@@ -20,7 +20,7 @@ import numpy as np
 
 # Absorbance per channel (R, G, B) of each stained component at density 1.
 OD_NUCLEUS = np.array([0.62, 0.80, 0.32], np.float32)  # azure/haematoxylin purple
-OD_GRANULAR = np.array([0.26, 0.40, 0.12], np.float32)  # mature lilac cytoplasm
+OD_GRANULAR = np.array([0.30, 0.48, 0.12], np.float32)  # mature lilac cytoplasm
 OD_BASOPHILIC = np.array([0.48, 0.36, 0.10], np.float32)  # immature blue cytoplasm
 OD_GRANULE = np.array([0.40, 0.64, 0.22], np.float32)  # azurophilic granules, platelets
 OD_RBC = np.array([0.03, 0.19, 0.12], np.float32)  # eosin pink

@@ -71,10 +71,10 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
 
 def _decode_cv2(data: bytes) -> np.ndarray:
     """Fast path: OpenCV decodes, applies EXIF orientation and reduces 16 bits to 8."""
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None:
+    rgb = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB)
+    if rgb is None:
         raise BadImage("corrupt or truncated image data: the decoder could not read it", "corrupt")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return rgb
 
 
 def _decode_pil(img: Image.Image) -> np.ndarray:

@@ -50,6 +50,7 @@ class EvalReport:
     mean_matched_iou: float
     unmatched_regions_by_overlap: dict[str, int] = field(default_factory=dict)
     regions_outside_annotations: int = 0
+    recall_by_subtype: dict[str, float] = field(default_factory=dict)  # when the truth has subtypes
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -57,7 +58,7 @@ class EvalReport:
 
 def evaluate(
     regions_by_image: dict[str, list[Box]],
-    truth_by_image: dict[str, list[tuple[str, Box]]],
+    truth_by_image: dict[str, list[tuple]],
     label: str,
     iou: float = 0.3,
 ) -> EvalReport:
@@ -69,14 +70,20 @@ def evaluate(
     n_truth = n_regions = 0
     ious: list[float] = []
     distractors: Counter = Counter()
+    found, present = Counter(), Counter()
     for key, objects in truth_by_image.items():
-        truth = np.array([b for name, b in objects if name == label], float).reshape(-1, 4)
+        targets = [o for o in objects if o[0] == label]
+        truth = np.array([o[1] for o in targets], float).reshape(-1, 4)
         regs = np.array(regions_by_image.get(key, []), float).reshape(-1, 4)
         n_truth, n_regions = n_truth + len(truth), n_regions + len(regs)
         matched = match(regs, truth, iou)
         ious += [v for _, _, v in matched]
         hit = {i for i, _, _ in matched}
-        all_boxes = np.array([b for _, b in objects], float).reshape(-1, 4)
+        for j, o in enumerate(targets):
+            if len(o) > 2 and o[2] is not None:
+                present[o[2]] += 1
+                found[o[2]] += any(t == j for _, t, _ in matched)
+        all_boxes = np.array([o[1] for o in objects], float).reshape(-1, 4)
         overlap = iou_matrix(regs, all_boxes)
         for i in range(len(regs)):
             if i not in hit:
@@ -95,6 +102,7 @@ def evaluate(
         mean_matched_iou=float(np.mean(ious)) if ious else float("nan"),
         unmatched_regions_by_overlap=dict(sorted(distractors.items())),
         regions_outside_annotations=outside,
+        recall_by_subtype={k: found[k] / present[k] for k in sorted(present)},
     )
 
 

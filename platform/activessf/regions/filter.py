@@ -105,17 +105,18 @@ class ColourModel:
     palette: np.ndarray  # (k, 3) uint8 colours of the merged clusters
 
 
-def pooled_points(codes: np.ndarray, x: np.ndarray, w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Occupied bins pooled into the one-bit-coarser histogram: (colours (m, 3), weights (m,)).
+def pooled_points(
+    codes: np.ndarray, x: np.ndarray, w: np.ndarray, bits: int, drop: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """Occupied bins pooled into a histogram ``drop`` bits coarser: (colours (m, 3), weights (m,)).
 
     ``codes``, ``x``, ``w`` are the occupied fine bins, their colours and counts.
     Each coarse cell sits at the exact count-weighted mean colour of its fine
     bins, so pooling loses resolution, not colour precision.
     """
-    low = (1 << (bits - 1)) - 1
-    coarse = ((codes >> (2 * bits + 1)) & low) << (2 * bits - 2) | ((codes >> (bits + 1)) & low) << (bits - 1) | (
-        (codes >> 1) & low
-    )
+    keep = (1 << (bits - drop)) - 1
+    channels = [(codes >> (s * bits + drop)) & keep for s in (2, 1, 0)]
+    coarse = (channels[0] << (2 * (bits - drop))) | (channels[1] << (bits - drop)) | channels[2]
     cells, inverse = np.unique(coarse, return_inverse=True)
     weight = np.bincount(inverse, weights=w, minlength=len(cells))
     sums = np.stack([np.bincount(inverse, weights=w * x[:, d], minlength=len(cells)) for d in range(3)], 1)
@@ -132,15 +133,15 @@ def fit_colours(blurred: np.ndarray, cfg: FilterConfig) -> tuple[ColourModel, np
     """Two-stage K-means of the blurred image's colours; also returns every pixel's bin.
 
     Stage 1: k-means++ then Lloyd's iterations (Eqs. 2-3) to convergence on the
-    colour histogram: the occupied cells of a histogram with ``colour_bits - 1``
-    bits per channel, each at the mean colour of its pixels and weighted by
-    their count. Every ``colour_bits`` bin then goes to its nearest centre.
+    colour histogram: its occupied cells at ``kmeans_bits`` per channel, each at
+    the mean colour of its pixels and weighted by their count. Every bin at
+    ``colour_bits`` then goes to its nearest centre, and every pixel with its bin.
     Stage 2: merge the closest centres down to ``merged_clusters`` (NOTES item 2).
     """
     codes = colour_codes(blurred, cfg.colour_bits)
     counts = colour_histogram(codes, cfg.colour_bits)
     occupied, x, w = histogram_points(counts, cfg.colour_bits)
-    xc, wc = pooled_points(occupied, x, w, cfg.colour_bits)
+    xc, wc = pooled_points(occupied, x, w, cfg.colour_bits, cfg.colour_bits - cfg.kmeans_bits)
     k = min(cfg.kmeans_clusters, len(xc))
     seeds = init_centres(xc, wc, k, np.random.default_rng(cfg.seed))
     centres, _ = lloyd(xc, wc, seeds, cfg.kmeans_max_iter)
@@ -182,16 +183,17 @@ def components(mask: np.ndarray, min_box: int) -> tuple[np.ndarray, int]:
     contours, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     if not contours:
         return np.zeros((0, 5), np.int64), 0
-    outer = [c for c, h in zip(contours, hierarchy[0]) if h[3] < 0]
-    boxes = np.array([cv2.boundingRect(c) for c in outer], np.int64).reshape(-1, 4)
-    big = (boxes[:, 2] >= min_box) & (boxes[:, 3] >= min_box)
-    stats = []
-    for i in np.flatnonzero(big):
-        x, y, w, h = boxes[i]
+    outer = [contours[i] for i in np.flatnonzero(hierarchy[0][:, 3] < 0)]  # no parent: a component
+    stats, small = [], 0
+    for contour in outer:
+        x, y, w, h = cv2.boundingRect(contour)
+        if w < min_box or h < min_box:
+            small += 1
+            continue
         _, labels, roi_stats, _ = cv2.connectedComponentsWithStats(mask[y : y + h, x : x + w], connectivity=8)
-        px, py = outer[i][0, 0]
-        stats.append((x, y, w, h, roi_stats[labels[py - y, px - x], cv2.CC_STAT_AREA]))
-    return np.array(stats, np.int64).reshape(-1, 5), int((~big).sum())
+        px, py = contour[0, 0]
+        stats.append((x, y, w, h, int(roi_stats[labels[py - y, px - x], cv2.CC_STAT_AREA])))
+    return np.array(stats, np.int64).reshape(-1, 5), small
 
 
 def find_regions(mask: np.ndarray, cfg: FilterConfig) -> tuple[list[Region], list[Region], int]:

@@ -13,32 +13,25 @@ from __future__ import annotations
 import numpy as np
 
 
-def _sqdist(xt: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """Squared distances (M,) from the columns of ``xt`` (D, M) to one point ``c`` (D,)."""
-    out = (xt[0] - c[0]) ** 2
-    for d in range(1, len(c)):
-        out += (xt[d] - c[d]) ** 2
-    return out
-
-
 def init_centres(x: np.ndarray, w: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """Weighted k-means++ seeding: ``k`` rows of ``x`` (M, D) with weights ``w`` (M,) -> (k, D)."""
     if k > len(x):
         raise ValueError(f"cannot seed {k} centres from {len(x)} distinct points")
-    xt = np.ascontiguousarray(x.T, dtype=np.float64)
-    centres = np.empty((k, x.shape[1]), np.float64)
+    xt = np.ascontiguousarray(x.T, dtype=np.float64)  # (D, M)
+    u = rng.uniform(size=k)
+    last = len(x) - 1
     cdf = np.cumsum(w, dtype=np.float64)
-    centres[0] = x[min(int(np.searchsorted(cdf, rng.uniform() * cdf[-1], "right")), len(x) - 1)]
-    d2 = _sqdist(xt, centres[0])
+    chosen = [min(int(np.searchsorted(cdf, u[0] * cdf[-1], "right")), last)]
+    d2 = ((xt - xt[:, chosen]) ** 2).sum(0)
     for i in range(1, k):
         cdf = np.cumsum(w * d2)
         if cdf[-1] <= 0:  # fewer distinct colours than clusters: reuse the heaviest
-            centres[i] = x[int(np.argmax(w))]
+            chosen.append(int(np.argmax(w)))
             continue
-        j = min(int(np.searchsorted(cdf, rng.uniform() * cdf[-1], "right")), len(x) - 1)
-        centres[i] = x[j]
-        np.minimum(d2, _sqdist(xt, centres[i]), out=d2)
-    return centres
+        j = min(int(np.searchsorted(cdf, u[i] * cdf[-1], "right")), last)
+        chosen.append(j)
+        np.minimum(d2, ((xt - xt[:, j : j + 1]) ** 2).sum(0), out=d2)
+    return x[chosen].astype(np.float64)
 
 
 def assign(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
@@ -86,19 +79,20 @@ def merge_closest(centres: np.ndarray, weights: np.ndarray, target: int) -> tupl
     w = weights.astype(np.float64).copy()
     k = len(c)
     owner = np.arange(k)  # which surviving slot each original cluster now belongs to
-    alive = np.ones(k, bool)
+    dead = np.zeros(k, bool)
     d2 = ((c[:, None] - c[None]) ** 2).sum(-1)
-    d2[np.tril_indices(k)] = np.inf
+    np.fill_diagonal(d2, np.inf)
     for _ in range(k - max(target, 1)):
-        i, j = np.unravel_index(int(np.argmin(d2)), d2.shape)  # i < j
+        i, j = divmod(int(d2.argmin()), k)  # first minimum in row-major order: the lowest pair
         total = w[i] + w[j]
         if total > 0:
             c[i] = (c[i] * w[i] + c[j] * w[j]) / total
-        w[i], alive[j] = total, False
+        w[i], dead[j] = total, True
         owner[owner == j] = i
-        d2[j, :] = d2[:, j] = np.inf
-        new = ((c - c[i]) ** 2).sum(1)  # distances of the merged centre to the others
-        d2[:i, i] = np.where(alive[:i], new[:i], np.inf)
-        d2[i, i + 1 :] = np.where(alive[i + 1 :], new[i + 1 :], np.inf)
-    slots = np.flatnonzero(alive)
+        new = ((c - c[i]) ** 2).sum(1)
+        new[dead] = np.inf
+        new[i] = np.inf
+        d2[i], d2[:, i] = new, new
+        d2[j], d2[:, j] = np.inf, np.inf
+    slots = np.flatnonzero(~dead)
     return c[slots], w[slots], np.searchsorted(slots, owner)

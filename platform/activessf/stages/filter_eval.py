@@ -15,7 +15,7 @@ def evaluate_output(regions_dir: str | Path, boxes: str | Path, label: str | Non
     if label is None:
         synthetic = Path(boxes).suffix == ".json" or (Path(boxes) / "ground_truth.json").exists()
         label = "megakaryocyte" if synthetic else "WBC"
-    known = {name for objs in truth.values() for name, _ in objs}
+    known = {o[0] for objs in truth.values() for o in objs}
     if label not in known:
         raise ValueError(f"label {label!r} is not in the annotations; labels there: {', '.join(sorted(known))}")
     t = read_table(regions_dir, "regions", ["source", "x", "y", "w", "h"]).to_pydict()
