@@ -4,6 +4,8 @@
     activessf synth --out DIR --images N --seed S
     activessf filter --input DIR|GLOB|URI --out DIR
     activessf filter-eval --regions DIR --boxes DIR|FILE [--label WBC] [--iou 0.3]
+    activessf embed --regions FILTER_OUT | --labelled DIR|CSV --out DIR
+    activessf select --embeddings DIR (--labelled DIR | --prototypes NPZ) --out DIR [--regions FILTER_OUT]
     activessf config [--section filter]     print the resolved configuration
 
 Every command takes ``--config FILE``, ``--preset NAME`` and repeated
@@ -13,6 +15,7 @@ Every command takes ``--config FILE``, ``--preset NAME`` and repeated
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -148,7 +151,6 @@ def _filter_eval_args(p):
 @command("filter-eval")(_filter_eval_args)
 def run_filter_eval(args) -> int:
     """Score filtered regions against annotated boxes: recall, precision, matched IoU."""
-    import json
 
     from .stages.filter_eval import evaluate_output, log_eval
 
@@ -161,6 +163,60 @@ def run_filter_eval(args) -> int:
     init_mlflow(cfg.run.work_dir, cfg.run.experiment)
     log_eval(report, path)
     print(json.dumps(report, indent=2))
+    return 0
+
+
+def _embed_args(p):
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--regions", type=Path, help="output directory of `activessf filter`")
+    src.add_argument("--labelled", type=Path, help="labelled cells: ImageFolder directory or CSV of path,label")
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output atomically")
+
+
+@command("embed")(_embed_args)
+def run_embed_cmd(args) -> int:
+    """Stage 2: embed regions or labelled cells with a timm backbone on a Ray Data actor pool."""
+    from .runtime import init_ray
+    from .stages.embed import run_embed
+    from .stages.outputs import check_output
+
+    cfg = config_from(args)
+    check_output(args.out, args.overwrite)
+    init_ray(cfg.run.ray_num_cpus)
+    source, spec = ("regions", args.regions) if args.regions else ("labelled", args.labelled)
+    meta = run_embed(source, spec, args.out, cfg, args.overwrite)
+    print(json.dumps(meta, indent=2))
+    return 0
+
+
+def _select_args(p):
+    p.add_argument("--embeddings", required=True, type=Path, help="region embeddings (`activessf embed --regions`)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--labelled", type=Path, help="labelled embeddings (`activessf embed --labelled`): fit prototypes")
+    src.add_argument("--prototypes", type=Path, help="an existing prototypes.npz snapshot: reuse its prototypes")
+    p.add_argument("--regions", type=Path, help="filter output, for the per-cluster contact sheets")
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output atomically")
+
+
+@command("select")(_select_args)
+def run_select_cmd(args) -> int:
+    """Stage 3: prototypes (Eqs. 4-6), density-aware thresholds (Eq. 8) and selection (Eqs. 7, 9)."""
+    from .runtime import init_ray
+    from .stages.outputs import check_output
+    from .stages.select import format_report, log_to_mlflow, run_select
+    from .tracking import init_mlflow
+
+    cfg = config_from(args)
+    check_output(args.out, args.overwrite)
+    init_ray(cfg.run.ray_num_cpus)
+    report = run_select(args.embeddings, args.out, cfg, labelled_embeddings=args.labelled,
+                        snapshot=args.prototypes, regions=args.regions, overwrite=args.overwrite)
+    init_mlflow(cfg.run.work_dir, cfg.run.experiment)
+    log_to_mlflow(args.out, cfg, report)
+    print(format_report(report))
+    print(f"outputs in {args.out}")
     return 0
 
 

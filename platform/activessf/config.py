@@ -184,6 +184,7 @@ class EmbedConfig(Section):
     mean: tuple[float, float, float] = Field((0.485, 0.456, 0.406), description="normalisation mean")
     std: tuple[float, float, float] = Field((0.229, 0.224, 0.225), description="normalisation std")
     batch_size: int = Field(64, ge=1, le=8192, description="images per batch")
+    seed: int = Field(0, ge=0, description="seed of the initialisation (the same random network everywhere)")
 
 
 class PrototypesConfig(Section):

@@ -85,3 +85,31 @@ def region_stats_figure(kept: dict, rejected: dict, min_box: int, fill_rate: flo
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def distance_histograms(cluster: np.ndarray, distance: np.ndarray, thresholds: np.ndarray, path) -> None:
+    """One small histogram per cluster of its candidates' distances, the threshold as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = len(thresholds)
+    cols = min(4, max(k, 1))
+    rows = (k + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
+    top = float(np.nanmax(np.concatenate([distance, thresholds]))) if len(distance) else float(thresholds.max(initial=1))
+    for i, ax in enumerate(axes.ravel()):
+        if i >= k:
+            ax.axis("off")
+            continue
+        d = distance[cluster == i]
+        ax.hist(d, bins=20, range=(0, top * 1.05 or 1), color="tab:purple", alpha=0.7)
+        ax.axvline(thresholds[i], color="k", ls="--", lw=1)
+        kept = int((d <= thresholds[i]).sum())
+        ax.set_title(f"cluster {i}: {kept}/{len(d)} kept", fontsize=9)
+        ax.tick_params(labelsize=7)
+    fig.supxlabel("distance to prototype (threshold dashed)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

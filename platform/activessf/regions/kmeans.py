@@ -14,24 +14,33 @@ import numpy as np
 
 
 def init_centres(x: np.ndarray, w: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Weighted k-means++ seeding: ``k`` rows of ``x`` (M, D) with weights ``w`` (M,) -> (k, D)."""
+    """Weighted k-means++ seeding: ``k`` rows of ``x`` (M, D) with weights ``w`` (M,) -> (k, D).
+
+    Squared distances come from |x|^2 - 2 x.c + |c|^2, one matrix-vector product
+    per seed, so it serves 3-D colours and 2048-D embeddings alike.
+    """
     if k > len(x):
         raise ValueError(f"cannot seed {k} centres from {len(x)} distinct points")
-    xt = np.ascontiguousarray(x.T, dtype=np.float64)  # (D, M)
+    x64 = np.asarray(x, dtype=np.float64)
+    sq = np.einsum("ij,ij->i", x64, x64)
     u = rng.uniform(size=k)
     last = len(x) - 1
+
+    def sqdist(j: int) -> np.ndarray:
+        return np.maximum(sq - 2.0 * (x64 @ x64[j]) + sq[j], 0.0)
+
     cdf = np.cumsum(w, dtype=np.float64)
     chosen = [min(int(np.searchsorted(cdf, u[0] * cdf[-1], "right")), last)]
-    d2 = ((xt - xt[:, chosen]) ** 2).sum(0)
+    d2 = sqdist(chosen[0])
     for i in range(1, k):
         cdf = np.cumsum(w * d2)
-        if cdf[-1] <= 0:  # fewer distinct colours than clusters: reuse the heaviest
+        if cdf[-1] <= 0:  # fewer distinct points than clusters: reuse the heaviest
             chosen.append(int(np.argmax(w)))
             continue
         j = min(int(np.searchsorted(cdf, u[i] * cdf[-1], "right")), last)
         chosen.append(j)
-        np.minimum(d2, ((xt - xt[:, j : j + 1]) ** 2).sum(0), out=d2)
-    return x[chosen].astype(np.float64)
+        np.minimum(d2, sqdist(j), out=d2)
+    return x64[chosen].copy()
 
 
 def assign(x: np.ndarray, centres: np.ndarray) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""Active sample selection (paper Sec. II-C): prototypes, Eq. 8 thresholds, the store actor."""

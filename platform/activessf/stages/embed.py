@@ -1,0 +1,164 @@
+"""Stage 2 on Ray Data: embed regions and labelled cells with a timm backbone.
+
+An actor pool loads the model once per actor (on a GPU each when the cluster
+has GPUs, else one CPU each). Output (``OUT``):
+
+    embeddings/*.parquet   id, label (null for regions), embedding (fixed-size list of float32)
+    errors.parquet         id, error: crops or files that could not be decoded
+    embed.json             backbone, weights, weights digest (``random-init`` without weights), dim, counts
+    config.yaml
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..config import Config, EmbedConfig, save_config
+from ..data.decode import BadImage, decode_image
+from ..data.labelled import list_labelled
+from ..data.sources import read_bytes
+from .outputs import staged_output
+
+log = logging.getLogger(__name__)
+
+MAX_CROP_PIXELS = 50_000_000
+
+
+def embedding_schema(dim: int) -> pa.Schema:
+    return pa.schema([("id", pa.string()), ("label", pa.string()),
+                      ("embedding", pa.list_(pa.float32(), dim)), ("error", pa.string())])
+
+
+class EmbedBatch:
+    """Ray Data actor UDF: the backbone loads once in ``__init__``; batches of images in, features out."""
+
+    CONFIG: dict = {}  # set on a subclass per run, so no constructor arguments travel separately
+
+    def __init__(self):
+        import torch
+
+        from ..features.backbone import load_backbone
+        from ..runtime import select_device
+
+        self.cfg = EmbedConfig(**self.CONFIG)
+        self.device = select_device()
+        if self.device.type == "cpu":
+            torch.set_num_threads(1)  # one actor per CPU: Ray does the parallelism
+        self.backbone = load_backbone(self.cfg.backbone, self.cfg.weights, self.device, self.cfg.seed)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        from ..features.backbone import embed
+
+        images, ok, errors = [], [], []
+        for i, ident in enumerate(batch["id"]):
+            try:
+                data = bytes(batch["crop"][i]) if "crop" in batch else read_bytes(str(batch["path"][i]))
+                images.append(decode_image(data, MAX_CROP_PIXELS))
+                ok.append(i)
+            except (BadImage, OSError) as exc:
+                errors.append((str(ident), f"{type(exc).__name__}: {exc}"))
+        feats = embed(self.backbone, images, self.cfg.image_size, self.cfg.mean, self.cfg.std, self.device)
+        labels = batch.get("label")
+        rows = [{"id": str(batch["id"][i]), "label": None if labels is None else str(labels[i]),
+                 "embedding": f, "error": None} for i, f in zip(ok, feats)]
+        rows += [{"id": ident, "label": None, "embedding": None, "error": e} for ident, e in errors]
+        return pa.Table.from_pylist(rows, embedding_schema(self.backbone.dim))
+
+
+def embedder(cfg: EmbedConfig) -> type:
+    return type("Embedder", (EmbedBatch,), {"CONFIG": cfg.model_dump()})
+
+
+def region_items(regions_dir: str | Path):
+    """The regions table of a filter output, as a Ray dataset of (id, crop)."""
+    import ray
+
+    path = Path(regions_dir) / "regions"
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} not found: is {regions_dir} the output of `activessf filter`?")
+    return ray.data.read_parquet(str(path), columns=["region_id", "crop"]).rename_columns({"region_id": "id"})
+
+
+def labelled_items(spec: str | Path):
+    import ray
+
+    pairs = list_labelled(spec)
+    base = Path(spec) if Path(spec).is_dir() else Path(spec).parent
+    items = [{"id": str(p.relative_to(base)) if p.is_relative_to(base) else str(p), "path": str(p), "label": lab}
+             for p, lab in pairs]
+    return ray.data.from_items(items, override_num_blocks=min(len(items), 16))
+
+
+def run_embed(source: str, spec: str | Path, out: str | Path, cfg: Config, overwrite: bool = False) -> dict:
+    """Embed ``regions`` (a filter output) or ``labelled`` (ImageFolder / CSV) into ``out``."""
+    import ray
+
+    if source not in ("regions", "labelled"):
+        raise ValueError(f"source must be regions or labelled, got {source!r}")
+    if cfg.embed.weights is None:
+        log.warning("embed.weights is not set: %s is RANDOMLY INITIALISED; the embeddings record this "
+                    "(weights_digest 'random-init')", cfg.embed.backbone)
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    cpus = max(int(ray.cluster_resources().get("CPU", 1)), 1)
+    actors = gpus or cpus
+    # Read and split into blocks first: an actor pool reserving every CPU would starve any
+    # read or repartition task running in the same pipeline.
+    ds = (region_items(spec) if source == "regions" else labelled_items(spec)).materialize()
+    ds = ds.repartition(max(1, min(4 * actors, -(-ds.count() // cfg.embed.batch_size)))).materialize()
+    with staged_output(out, overwrite) as stage:
+        started = time.time()
+        ds = ds.map_batches(
+            embedder(cfg.embed),
+            batch_size=cfg.embed.batch_size,
+            num_gpus=1 if gpus else 0,
+            num_cpus=1,
+            compute=ray.data.ActorPoolStrategy(size=actors),
+        ).materialize()
+        seconds = time.time() - started
+        from ray.data.expressions import col
+
+        ds.filter(expr=col("error").is_null()).drop_columns(["error"]).write_parquet(str(stage / "embeddings"))
+        errors = ds.filter(expr=col("error").is_not_null()).select_columns(["id", "error"]).take_all()
+        pq.write_table(pa.Table.from_pylist(errors, pa.schema([("id", pa.string()), ("error", pa.string())])),
+                       stage / "errors.parquet")
+        table = pq.read_table(stage / "embeddings")
+        from ..features.backbone import RANDOM_INIT, file_digest, resolve_weights
+
+        meta = {
+            "source": source,
+            "input": str(spec),
+            "backbone": cfg.embed.backbone,
+            "weights": cfg.embed.weights,
+            "weights_digest": file_digest(resolve_weights(cfg.embed.weights)) if cfg.embed.weights else RANDOM_INIT,
+            "random_init": cfg.embed.weights is None,
+            "dim": table.schema.field("embedding").type.list_size,
+            "embedded": table.num_rows,
+            "failed": len(errors),
+            "seconds": round(seconds, 2),
+            "images_per_s": round(table.num_rows / seconds, 2) if seconds > 0 else None,
+            "devices": f"{gpus} GPU actors" if gpus else f"{cpus} CPU actors",
+        }
+        (stage / "embed.json").write_text(json.dumps(meta, indent=2))
+        save_config(cfg, stage)
+    return meta
+
+
+def read_embeddings(out: str | Path) -> tuple[list[str], list, np.ndarray, dict]:
+    """(ids, labels, embeddings (N, D) float32, meta) of an embed output, in a stable order (by id)."""
+    out = Path(out)
+    path = out / "embeddings"
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} not found: is {out} the output of `activessf embed`?")
+    t = pq.read_table(path).sort_by("id")
+    emb = t.column("embedding").combine_chunks()
+    dim = emb.type.list_size
+    x = emb.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
+    meta = json.loads((out / "embed.json").read_text())
+    return t.column("id").to_pylist(), t.column("label").to_pylist(), x, meta

@@ -1,0 +1,195 @@
+"""Stage 3 on Ray: prototypes in a store actor, then selection of every region on Ray Data.
+
+Output (``OUT``):
+
+    selection/*.parquet   every region: region_id, cluster, distance, threshold, selected, prototypes_version
+    prototypes.npz        the store's snapshot (centres, n_i, LB, UB, thresholds, settings)
+    report.json           per cluster n_i, LB, UB, threshold, candidates, selected; totals
+    distances.png         per cluster: distances of its candidates, threshold marked
+    clusters/cluster_NN.png  closest, threshold-edge and rejected regions of each cluster (with --regions)
+    config.yaml
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import uuid
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..config import Config, flatten, save_config
+from .embed import read_embeddings
+from .outputs import staged_output
+
+log = logging.getLogger(__name__)
+
+SELECTION_SCHEMA = pa.schema([("region_id", pa.string()), ("cluster", pa.int32()), ("distance", pa.float32()),
+                              ("threshold", pa.float32()), ("selected", pa.bool_()),
+                              ("prototypes_version", pa.int32())])
+
+
+def assign_batch(batch: pa.Table, store: str) -> pa.Table:
+    """Ray Data UDF: ask the store actor to assign and select a batch of region embeddings."""
+    import ray
+
+    from ..selection.store import NAMESPACE
+
+    emb = batch.column("embedding").combine_chunks()
+    x = emb.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(batch), emb.type.list_size)
+    actor = ray.get_actor(store, namespace=NAMESPACE)
+    res = ray.get(actor.assign.remote(x))
+    return pa.table({"region_id": batch.column("id"), "cluster": res["cluster"].astype(np.int32),
+                     "distance": res["distance"], "threshold": res["threshold"], "selected": res["selected"],
+                     "prototypes_version": np.full(len(batch), res["version"], np.int32)}, SELECTION_SCHEMA)
+
+
+def run_select(
+    region_embeddings: str | Path,
+    out: str | Path,
+    cfg: Config,
+    labelled_embeddings: Optional[str | Path] = None,
+    snapshot: Optional[str | Path] = None,
+    regions: Optional[str | Path] = None,
+    overwrite: bool = False,
+    store_name: Optional[str] = None,
+    batch_size: int = 1024,
+    on_store=None,
+) -> dict:
+    """Fit prototypes (or load a snapshot), select every region, write the table and the report."""
+    import ray
+
+    from ..selection.store import store_actor
+
+    if (labelled_embeddings is None) == (snapshot is None):
+        raise ValueError("give either labelled embeddings (to fit prototypes) or an existing prototype snapshot")
+    store_name = store_name or f"prototypes-{uuid.uuid4().hex[:8]}"
+    with staged_output(out, overwrite) as stage:
+        snap = stage / "prototypes.npz"
+        if snapshot is not None:
+            shutil.copyfile(snapshot, snap)
+        actor = store_actor(store_name, snap)
+        try:
+            if snapshot is None:
+                _, labels, x, meta = read_embeddings(labelled_embeddings)
+                info = ray.get(actor.fit.remote(x, np.array(labels, dtype=object), cfg.prototypes.model_dump(),
+                                                cfg.select.model_dump(), meta["backbone"], meta["weights_digest"]))
+            else:
+                info = ray.get(actor.set_bounds.remote(cfg.select.model_dump()))
+            if on_store is not None:  # test hook: runs while selection is under way
+                on_store(actor)
+            path = Path(region_embeddings) / "embeddings"
+            if not path.is_dir():
+                raise FileNotFoundError(f"{path} not found: is {region_embeddings} the output of `activessf embed`?")
+            ds = ray.data.read_parquet(str(path), columns=["id", "embedding"])
+            ds = ds.map_batches(assign_batch, fn_kwargs={"store": store_name}, batch_size=batch_size,
+                                batch_format="pyarrow", num_cpus=0.5)
+            table = pa.concat_tables([t for t in ray.get(ds.to_arrow_refs()) if t.num_rows] or
+                                     [SELECTION_SCHEMA.empty_table()]).cast(SELECTION_SCHEMA).sort_by("region_id")
+            (stage / "selection").mkdir()
+            pq.write_table(table, stage / "selection" / "part-0.parquet")
+            proto = ray.get(actor.prototypes.remote())
+        finally:
+            ray.kill(actor, no_restart=True)
+        report = selection_report(proto, table, cfg, random_init=proto.weights_digest == "random-init")
+        (stage / "report.json").write_text(json.dumps(report, indent=2))
+        save_config(cfg, stage)
+        write_figures(stage, proto, table, regions)
+    return report
+
+
+def selection_report(proto, table: pa.Table, cfg: Config, random_init: bool) -> dict:
+    cluster = table.column("cluster").to_numpy()
+    selected = table.column("selected").to_numpy(zero_copy_only=False)
+    rows = []
+    for row in proto.table():
+        mine = cluster == row["cluster"]
+        rows.append({**row, "candidates": int(mine.sum()), "selected": int((selected & mine).sum())})
+    return {
+        "prototypes": {"k": proto.k, "version": proto.version, "digest": proto.digest, "mode": proto.prototypes["mode"],
+                       "backbone": proto.backbone, "weights_digest": proto.weights_digest,
+                       "random_init_features": random_init, "labelled": int(proto.counts.sum())},
+        "select": proto.select,
+        "bounds_from": ("absolute LB/UB from the config" if proto.select["bound_mode"] == "absolute" else
+                        "distances of each cluster's labelled members to its prototype (NOTES item 7)"),
+        "clusters": rows,
+        "totals": {"regions": len(table), "selected": int(selected.sum()),
+                   "share_selected": float(selected.mean()) if len(table) else 0.0},
+    }
+
+
+def format_report(report: dict) -> str:
+    lines = [f"{'cluster':>7} {'n_i':>5} {'LB':>9} {'UB':>9} {'threshold':>9} {'candidates':>10} {'selected':>8}"]
+    for r in report["clusters"]:
+        lines.append(f"{r['cluster']:>7} {r['n']:>5} {r['lb']:>9.3f} {r['ub']:>9.3f} {r['threshold']:>9.3f} "
+                     f"{r['candidates']:>10} {r['selected']:>8}")
+    t = report["totals"]
+    lines.append(f"{'total':>7} {report['prototypes']['labelled']:>5} {'':>9} {'':>9} {'':>9} {t['regions']:>10} "
+                 f"{t['selected']:>8}")
+    if report["prototypes"]["random_init_features"]:
+        lines.append("NOTE: features come from a randomly initialised backbone (no embed.weights given)")
+    return "\n".join(lines)
+
+
+def write_figures(out: Path, proto, table: pa.Table, regions: Optional[str | Path]) -> None:
+    from ..viz import distance_histograms
+
+    distance_histograms(table.column("cluster").to_numpy(), table.column("distance").to_numpy(),
+                        proto.thresholds, out / "distances.png")
+    if regions is None:
+        return
+    from ..imageio import decode_png, write_png
+    from ..viz import contact_sheet
+
+    crops = {}
+    picks = cluster_picks(table)
+    wanted = {rid for rows in picks.values() for group in rows.values() for rid in group}
+    if wanted:
+        src = pq.read_table(Path(regions) / "regions", columns=["region_id", "crop"])
+        for rid, crop in zip(src.column("region_id").to_pylist(), src.column("crop").to_pylist()):
+            if rid in wanted:
+                crops[rid] = decode_png(crop)
+    (out / "clusters").mkdir(exist_ok=True)
+    for c, groups in picks.items():
+        rows = [(f"{name}\n({len(ids)})", [crops[i] for i in ids if i in crops]) for name, ids in groups.items()]
+        write_png(out / "clusters" / f"cluster_{c:02d}.png", contact_sheet(rows, thumb=80, columns=8))
+
+
+def cluster_picks(table: pa.Table, per_row: int = 8) -> dict[int, dict[str, list[str]]]:
+    """Per cluster: the closest selected, the selected nearest the threshold, the rejected nearest it."""
+    ids = np.array(table.column("region_id").to_pylist(), dtype=object)
+    cluster, dist = table.column("cluster").to_numpy(), table.column("distance").to_numpy()
+    sel = table.column("selected").to_numpy(zero_copy_only=False)
+    out = {}
+    for c in np.unique(cluster):
+        m = cluster == c
+        kept = np.flatnonzero(m & sel)[np.argsort(dist[m & sel], kind="stable")]
+        lost = np.flatnonzero(m & ~sel)[np.argsort(dist[m & ~sel], kind="stable")]
+        out[int(c)] = {"closest": list(ids[kept[:per_row]]), "threshold edge": list(ids[kept[::-1][:per_row]]),
+                       "rejected": list(ids[lost[:per_row]])}
+    return out
+
+
+def log_to_mlflow(out: Path, cfg: Config, report: dict) -> str:
+    import mlflow
+
+    with mlflow.start_run(run_name="select", nested=mlflow.active_run() is not None) as run:
+        mlflow.log_params({**{f"prototypes.{k}": v for k, v in flatten(cfg.prototypes).items()},
+                           **{f"select.{k}": v for k, v in flatten(cfg.select).items()},
+                           "backbone": report["prototypes"]["backbone"],
+                           "weights_digest": report["prototypes"]["weights_digest"]})
+        mlflow.log_metrics({"regions": report["totals"]["regions"], "selected": report["totals"]["selected"],
+                            "share_selected": report["totals"]["share_selected"]})
+        for r in report["clusters"]:
+            mlflow.log_metrics({f"cluster{r['cluster']:02d}.{k}": r[k]
+                                for k in ("n", "threshold", "candidates", "selected")})
+        for name in ("report.json", "config.yaml", "distances.png", "prototypes.npz"):
+            mlflow.log_artifact(str(Path(out) / name))
+        if (Path(out) / "clusters").is_dir():
+            mlflow.log_artifacts(str(Path(out) / "clusters"), "clusters")
+        return run.info.run_id
