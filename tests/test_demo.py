@@ -46,6 +46,11 @@ def test_demo_runs_and_reports(tmp_path):
     assert (work / "regions" / "regions").is_dir() and (work / "regions" / "eval_megakaryocyte.json").is_file()
     assert 0 <= stage1["eval"]["recall"] <= 1 and stage1["eval"]["truth_boxes"] > 0
     assert "Stage 1, cell region filtering" in out.stdout
+    stage3 = summary["stages"]["select"]
+    assert stage3["report"]["totals"]["regions"] == stage1["summary"]["regions_kept"]
+    assert len(stage3["report"]["clusters"]) == 11 and stage3["report"]["prototypes"]["labelled"] == 55
+    assert (work / "selection" / "prototypes.npz").is_file() and (work / "selection" / "evidence.json").is_file()
+    assert "Stages 2-3, prototypes and active sample selection" in out.stdout and "threshold" in out.stdout
     sheet = read_rgb(summary["contact_sheet"])
     assert sheet.shape[0] >= 11 * 96  # one row per subtype
 
@@ -55,7 +60,7 @@ def test_demo_runs_and_reports(tmp_path):
     run = mlflow.get_run(summary["mlflow"]["run_id"])
     children = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'",
                                   experiment_ids=[run.info.experiment_id])
-    assert {"filter", "filter-eval-megakaryocyte"} <= set(children["tags.mlflow.runName"])
+    assert {"filter", "filter-eval-megakaryocyte", "select"} <= set(children["tags.mlflow.runName"])
     assert run.data.params["images"] == "3"
     assert run.data.metrics["labelled.CA-MK"] == 5
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}

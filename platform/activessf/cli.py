@@ -6,6 +6,8 @@
     activessf filter-eval --regions DIR --boxes DIR|FILE [--label WBC] [--iou 0.3]
     activessf embed --regions FILTER_OUT | --labelled DIR|CSV --out DIR
     activessf select --embeddings DIR (--labelled DIR | --prototypes NPZ) --out DIR [--regions FILTER_OUT]
+    activessf select-eval --selection DIR --regions DIR --boxes GT
+    activessf features --labelled DIR|CSV --out DIR     supervised features trained on T
     activessf config [--section filter]     print the resolved configuration
 
 Every command takes ``--config FILE``, ``--preset NAME`` and repeated
@@ -55,6 +57,22 @@ def config_from(args: argparse.Namespace, extra: Sequence[str] = ()):
     if getattr(args, "work_dir", None):
         overrides.append(f"run.work_dir={args.work_dir}")
     return load_config(args.config, overrides, preset=args.preset)
+
+
+def add_output_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output atomically")
+
+
+def start_stage(args: argparse.Namespace):
+    """Config, then the output check (before Ray starts, so a refusal is instant), then Ray."""
+    from .runtime import init_ray
+    from .stages.outputs import check_output
+
+    cfg = config_from(args)
+    check_output(args.out, args.overwrite)
+    init_ray(cfg.run.ray_num_cpus)
+    return cfg
 
 
 # ------------------------------------------------------------------ commands
@@ -115,22 +133,17 @@ def run_config(args) -> int:
 
 def _filter_args(p):
     p.add_argument("--input", required=True, help="directory, glob or URI (s3://...) of smear images")
-    p.add_argument("--out", required=True, type=Path, help="output directory")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output atomically")
+    add_output_args(p)
     p.add_argument("--cpus-per-task", type=float, default=1.0, help="CPUs reserved per filter worker")
 
 
 @command("filter")(_filter_args)
 def run_filter_cmd(args) -> int:
     """Stage 1: cell region filtering of smear images on Ray Data (paper Sec. II-B)."""
-    from .runtime import init_ray
     from .stages.filter import format_summary, log_to_mlflow, run_filter
-    from .stages.outputs import check_output
     from .tracking import init_mlflow
 
-    cfg = config_from(args)
-    check_output(args.out, args.overwrite)  # fail before starting Ray
-    init_ray(cfg.run.ray_num_cpus)
+    cfg = start_stage(args)
     summary = run_filter(args.input, args.out, cfg, args.overwrite, args.cpus_per_task)
     init_mlflow(cfg.run.work_dir, cfg.run.experiment)
     log_to_mlflow(args.out, cfg, args.input, summary)
@@ -170,20 +183,15 @@ def _embed_args(p):
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--regions", type=Path, help="output directory of `activessf filter`")
     src.add_argument("--labelled", type=Path, help="labelled cells: ImageFolder directory or CSV of path,label")
-    p.add_argument("--out", required=True, type=Path, help="output directory")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output atomically")
+    add_output_args(p)
 
 
 @command("embed")(_embed_args)
 def run_embed_cmd(args) -> int:
     """Stage 2: embed regions or labelled cells with a timm backbone on a Ray Data actor pool."""
-    from .runtime import init_ray
     from .stages.embed import run_embed
-    from .stages.outputs import check_output
 
-    cfg = config_from(args)
-    check_output(args.out, args.overwrite)
-    init_ray(cfg.run.ray_num_cpus)
+    cfg = start_stage(args)
     source, spec = ("regions", args.regions) if args.regions else ("labelled", args.labelled)
     meta = run_embed(source, spec, args.out, cfg, args.overwrite)
     print(json.dumps(meta, indent=2))
@@ -196,27 +204,65 @@ def _select_args(p):
     src.add_argument("--labelled", type=Path, help="labelled embeddings (`activessf embed --labelled`): fit prototypes")
     src.add_argument("--prototypes", type=Path, help="an existing prototypes.npz snapshot: reuse its prototypes")
     p.add_argument("--regions", type=Path, help="filter output, for the per-cluster contact sheets")
-    p.add_argument("--out", required=True, type=Path, help="output directory")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output atomically")
+    add_output_args(p)
 
 
 @command("select")(_select_args)
 def run_select_cmd(args) -> int:
     """Stage 3: prototypes (Eqs. 4-6), density-aware thresholds (Eq. 8) and selection (Eqs. 7, 9)."""
-    from .runtime import init_ray
-    from .stages.outputs import check_output
     from .stages.select import format_report, log_to_mlflow, run_select
     from .tracking import init_mlflow
 
-    cfg = config_from(args)
-    check_output(args.out, args.overwrite)
-    init_ray(cfg.run.ray_num_cpus)
+    cfg = start_stage(args)
     report = run_select(args.embeddings, args.out, cfg, labelled_embeddings=args.labelled,
                         snapshot=args.prototypes, regions=args.regions, overwrite=args.overwrite)
     init_mlflow(cfg.run.work_dir, cfg.run.experiment)
     log_to_mlflow(args.out, cfg, report)
     print(format_report(report))
     print(f"outputs in {args.out}")
+    return 0
+
+
+def _features_args(p):
+    p.add_argument("--labelled", required=True, type=Path, help="labelled cells: ImageFolder directory or CSV")
+    p.add_argument("--out", required=True, type=Path, help="directory for the weights and features.json")
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--size", type=int, default=96, help="training image size")
+
+
+@command("features")(_features_args)
+def run_features(args) -> int:
+    """Train supervised features on the labelled set (for sites without pretrained weights)."""
+    from .features.supervised import train_supervised
+
+    cfg = config_from(args)
+    path = train_supervised(args.labelled, args.out, cfg, epochs=args.epochs, image_size=args.size)
+    print(f"supervised features trained on {args.labelled}: {path}")
+    print(f"use them with: --set embed.weights={path} --set embed.backbone={cfg.embed.backbone}")
+    return 0
+
+
+def _select_eval_args(p):
+    p.add_argument("--selection", required=True, type=Path, help="output directory of `activessf select`")
+    p.add_argument("--regions", required=True, type=Path, help="the filter output the selection was made from")
+    p.add_argument("--boxes", required=True, type=Path, help="ground truth: synthetic ground_truth.json or VOC")
+    p.add_argument("--label", default="megakaryocyte", help="ground-truth label of the cells of interest")
+    p.add_argument("--rare", default="CA-MK,HL-MK", help="comma-separated rare classes (default: the paper's)")
+    p.add_argument("--image-labels", type=Path, help="CSV image,subtype when subtypes name images (e.g. BCCD)")
+    p.add_argument("--iou", type=float, default=0.3, help="IoU at which a region is that cell")
+    p.add_argument("--json", type=Path, help="also write the report here (default: SELECTION/evidence.json)")
+
+
+@command("select-eval")(_select_eval_args)
+def run_select_eval(args) -> int:
+    """Score a selection against ground truth: rare-subtype enrichment and distractors, vs random."""
+    from .stages.select_eval import evaluate_selection
+
+    cfg = config_from(args)
+    report = evaluate_selection(args.selection, args.regions, args.boxes, args.label,
+                                set(filter(None, args.rare.split(","))), args.image_labels, args.iou, cfg.run.seed)
+    (args.json or args.selection / "evidence.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
     return 0
 
 

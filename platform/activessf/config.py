@@ -66,6 +66,9 @@ class SynthConfig(Section):
     width: int = Field(1024, ge=256, le=8192, description="field width in pixels")
     height: int = Field(768, ge=256, le=8192, description="field height in pixels")
     labelled: int = Field(240, ge=0, le=1_000_000, description="labelled crops (the paper's set T)")
+    labelled_margin: int = Field(
+        8, ge=0, le=256, description="pixels around each labelled cell's box (as filter.crop_margin)"
+    )
     labelled_min_per_class: int = Field(
         5, ge=0, description="floor per subtype in the labelled set (5 allows 5-fold CV)"
     )

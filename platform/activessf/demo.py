@@ -57,6 +57,13 @@ def format_stages(stages: dict) -> list[str]:
         lines += ["Stage 1, cell region filtering (paper defaults):", filter_summary(f["summary"]),
                   f"megakaryocytes found: recall {e['recall']:.2f}, precision {e['precision']:.2f} at IoU >= 0.3; "
                   f"regions in {f['output']}", ""]
+    if "select" in stages:
+        from .stages.select import format_report
+
+        s, e = stages["select"], stages["select"]["evidence"]
+        lines += ["Stages 2-3, prototypes and active sample selection:", format_report(s["report"]),
+                  f"distractors among regions {e['distractor_share_filtered']:.2f} -> among selected "
+                  f"{(e['distractor_share_selected'] or 0):.2f}; selection in {s['output']}", ""]
     return lines
 
 
@@ -92,6 +99,7 @@ def run_demo(cfg: Config, progress: bool = True) -> dict:
         mlflow.log_artifact(str(demo_dir / "config.yaml"))
         mlflow.log_artifact(str(sheet_path))
         stages = {"filter": filter_stage(cfg, data_dir, work / "regions")}
+        stages["select"] = select_stage(cfg, data_dir, work)
         run_id = run.info.run_id
     shutdown_ray()
 
@@ -121,6 +129,22 @@ def filter_stage(cfg: Config, data_dir: Path, out: Path) -> dict:
     (out / "eval_megakaryocyte.json").write_text(json.dumps(report, indent=2))
     log_eval(report, out / "eval_megakaryocyte.json")
     return {"output": str(out), "summary": summary, "eval": report}
+
+
+def select_stage(cfg: Config, data_dir: Path, work: Path) -> dict:
+    """Stages 2-3: embed regions and the labelled set, fit prototypes, select; scored against the truth."""
+    from .stages.embed import run_embed
+    from .stages.select import log_to_mlflow, run_select
+    from .stages.select_eval import evaluate_selection
+
+    run_embed("regions", work / "regions", work / "embeddings" / "regions", cfg, overwrite=True)
+    run_embed("labelled", data_dir / "labelled", work / "embeddings" / "labelled", cfg, overwrite=True)
+    report = run_select(work / "embeddings" / "regions", work / "selection", cfg,
+                        labelled_embeddings=work / "embeddings" / "labelled", regions=work / "regions", overwrite=True)
+    log_to_mlflow(work / "selection", cfg, report)
+    evidence = evaluate_selection(work / "selection", work / "regions", data_dir, "megakaryocyte", {"CA-MK", "HL-MK"})
+    (work / "selection" / "evidence.json").write_text(json.dumps(evidence, indent=2))
+    return {"output": str(work / "selection"), "report": report, "evidence": evidence}
 
 
 def format_summary(summary: dict) -> str:

@@ -121,3 +121,34 @@ def test_labelled_set_smaller_than_k_is_a_clear_error(pipeline, tmp_path):
         run_select(pipeline / "emb_regions", tmp_path / "x", config("prototypes.k=80"),
                    labelled_embeddings=pipeline / "emb_labelled")
     assert not (tmp_path / "x").exists()
+
+
+def test_cli_job_script_and_select_eval_join_the_cluster(pipeline, tmp_path, repo):
+    import json as _json
+    import os
+    import subprocess
+    import sys
+
+    import ray
+
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    sets = [a for o in TINY for a in ("--set", o)]
+    base = ["--work-dir", str(tmp_path / "w"), *sets]
+    fit = subprocess.run([sys.executable, "-m", "activessf.cli", "select", "--embeddings",
+                          str(pipeline / "emb_regions"), "--labelled", str(pipeline / "emb_labelled"),
+                          "--out", str(tmp_path / "a"), *base], env=env, capture_output=True, text=True, timeout=300)
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    assert "threshold" in fit.stdout and "randomly initialised" in fit.stdout
+    reuse = subprocess.run([sys.executable, str(repo / "jobs" / "select_samples.py"), "--embeddings",
+                            str(pipeline / "emb_regions"), "--prototypes", str(tmp_path / "a" / "prototypes.npz"),
+                            "--out", str(tmp_path / "b"), *base], env=env, capture_output=True, text=True,
+                           timeout=300, cwd=repo)
+    assert reuse.returncode == 0, reuse.stderr[-3000:]
+    assert selection(tmp_path / "a").drop_columns(["prototypes_version"]).equals(
+        selection(tmp_path / "b").drop_columns(["prototypes_version"]))
+    ev = subprocess.run([sys.executable, "-m", "activessf.cli", "select-eval", "--selection", str(tmp_path / "a"),
+                         "--regions", str(pipeline / "regions"), "--boxes", str(pipeline / "data"), *base],
+                        env=env, capture_output=True, text=True, timeout=300)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    report = _json.loads((tmp_path / "a" / "evidence.json").read_text())
+    assert report["regions"] == len(selection(tmp_path / "a")) and report["random"]["draws"] in (0, 1000)

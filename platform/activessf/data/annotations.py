@@ -50,3 +50,34 @@ def load_boxes(spec: str | Path) -> dict[str, list[tuple[str, Box, str | None]]]
     if path.is_file() and path.suffix == ".xml":
         return {path.stem: read_voc(path)}
     raise FileNotFoundError(f"{spec}: expected a VOC directory or XML file, or a synthetic ground_truth.json")
+
+
+def write_labelled_crops(images: str | Path, boxes: str | Path, label: str, image_labels: dict[str, str],
+                         out: str | Path, one_per_image: bool = True) -> dict[str, int]:
+    """A labelled set (ImageFolder) from annotated boxes: crops of ``label`` boxes, named by image label.
+
+    With ``one_per_image`` only images holding exactly one ``label`` box are
+    used, so that an image-level subtype label names its cell unambiguously.
+    Returns the count per class.
+    """
+    import cv2
+
+    out = Path(out)
+    counts: dict[str, int] = {}
+    for key, objects in sorted(load_boxes(boxes).items()):
+        cells = [o[1] for o in objects if o[0] == label]
+        sub = image_labels.get(key)
+        if sub is None or not cells or (one_per_image and len(cells) != 1):
+            continue
+        found = sorted(Path(images).glob(f"{key}.*"))
+        if not found:
+            continue
+        img = cv2.imread(str(found[0]))
+        for j, (x, y, w, h) in enumerate(cells):
+            crop = img[max(y, 0) : y + h, max(x, 0) : x + w]
+            if crop.size == 0:
+                continue
+            (out / sub).mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(out / sub / f"{key}_{j}.png"), crop)
+            counts[sub] = counts.get(sub, 0) + 1
+    return dict(sorted(counts.items()))

@@ -279,7 +279,7 @@ def _labelled_job(args) -> list[dict]:
     mks = [c for c in fld.cells if c.type == "megakaryocyte"]
     for j, cell in enumerate(mks):
         x, y, w, h = cell.box
-        m = max(6, int(0.08 * max(w, h)))
+        m = cfg.labelled_margin
         crop = fld.image[max(y - m, 0) : y + h + m, max(x - m, 0) : x + w + m]
         name = f"labelled/{cell.subtype}/{cell.subtype}_{index:05d}_{j}.png"
         write_png(Path(out) / name, crop)

@@ -109,7 +109,11 @@ def load_backbone(
     if weights:
         path = resolve_weights(weights)
         state = read_state_dict(path)
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # shapes differ: weights of another architecture
+            first = str(exc).split("\n\t")[1] if "\n\t" in str(exc) else str(exc)
+            raise WeightsError(f"{path} does not fit {name}: {first}") from None
         missing = [k for k in missing if not k.startswith(("fc.", "head.", "classifier."))]
         if missing:
             raise WeightsError(f"{path} does not fit {name}: {len(missing)} missing keys, e.g. {missing[:3]}")

@@ -1,0 +1,76 @@
+"""Backbones: seeded random init, weights from a file or an MLflow URI, clear refusals, supervised features."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from activessf.config import SynthConfig, load_config
+from activessf.data import synth
+from activessf.features.backbone import RANDOM_INIT, WeightsError, embed, file_digest, load_backbone
+
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+def images(n=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 255, (40 + 7 * i, 50, 3), dtype=np.uint8) for i in range(n)]
+
+
+def test_random_init_is_seeded_so_every_actor_builds_the_same_network(caplog):
+    a, b = load_backbone("test_resnet"), load_backbone("test_resnet")
+    assert a.random and a.weights_digest == RANDOM_INIT
+    assert "RANDOMLY INITIALISED" in caplog.text
+    fa, fb = embed(a, images(), 32, MEAN, STD), embed(b, images(), 32, MEAN, STD)
+    assert fa.shape == (3, a.dim) and np.array_equal(fa, fb)
+    c = load_backbone("test_resnet", seed=1)
+    assert not np.array_equal(fa, embed(c, images(), 32, MEAN, STD))
+    assert embed(a, [], 32, MEAN, STD).shape == (0, a.dim)
+
+
+def test_weights_from_a_file_and_from_mlflow(tmp_path):
+    import mlflow
+
+    from activessf.tracking import init_mlflow
+
+    src = load_backbone("test_resnet", seed=5)
+    path = tmp_path / "w.pt"
+    torch.save(src.model.state_dict(), path)
+    loaded = load_backbone("test_resnet", str(path))
+    assert loaded.weights_digest == file_digest(path) != RANDOM_INIT
+    assert np.array_equal(embed(loaded, images(), 32, MEAN, STD), embed(src, images(), 32, MEAN, STD))
+    init_mlflow(tmp_path / "work", "weights")
+    with mlflow.start_run() as run:
+        mlflow.log_artifact(str(path), "weights")
+    via_uri = load_backbone("test_resnet", f"runs:/{run.info.run_id}/weights")
+    assert via_uri.weights_digest == loaded.weights_digest
+
+
+def test_bad_weights_are_refused_clearly(tmp_path):
+    with pytest.raises(WeightsError, match="does not exist"):
+        load_backbone("test_resnet", str(tmp_path / "nope.pt"))
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"weights": object()}))
+    with pytest.raises(WeightsError, match="weights_only=True"):
+        load_backbone("test_resnet", str(evil))
+    other = tmp_path / "other.pt"
+    torch.save(load_backbone("resnet18").model.state_dict(), other)
+    with pytest.raises(WeightsError, match="does not fit test_resnet"):
+        load_backbone("test_resnet", str(other))
+    with pytest.raises(WeightsError, match="unknown timm model"):
+        load_backbone("no_such_net")
+
+
+def test_supervised_features_train_and_load(tmp_path):
+    from activessf.features.supervised import train_supervised
+
+    synth.generate(SynthConfig(images=1, labelled=55, width=512, height=384, workers=1), tmp_path / "d",
+                   progress=False)
+    cfg = load_config(overrides=["embed.backbone=test_resnet"])
+    path = train_supervised(tmp_path / "d" / "labelled", tmp_path / "f", cfg, epochs=2, image_size=32)
+    info = (tmp_path / "f" / "features.json").read_text()
+    assert "supervised features trained on the labelled set" in info and len(info) > 100
+    b = load_backbone("test_resnet", str(path))
+    assert b.weights_digest == file_digest(path)
+    assert np.isfinite(embed(b, images(), 32, MEAN, STD)).all()
