@@ -104,7 +104,7 @@ def main() -> None:
     ap.add_argument("--vectors", type=int, default=1_000_000)
     ap.add_argument("--dim", type=int, default=2048)
     ap.add_argument("--k", type=int, default=11)
-    ap.add_argument("--images", type=int, default=256)
+    ap.add_argument("--images", type=int, default=1024)
     ap.add_argument("--backbone", default="resnet18")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--size", type=int, default=224)

@@ -8,6 +8,7 @@
     activessf select --embeddings DIR (--labelled DIR | --prototypes NPZ) --out DIR [--regions FILTER_OUT]
     activessf select-eval --selection DIR --regions DIR --boxes GT
     activessf features --labelled DIR|CSV --out DIR     supervised features trained on T
+    activessf pretrain --regions DIR --selection DIR --out DIR [--name RUN] [--set pretrain.method=mocov3]
     activessf config [--section filter]     print the resolved configuration
 
 Every command takes ``--config FILE``, ``--preset NAME`` and repeated
@@ -220,6 +221,30 @@ def run_select_cmd(args) -> int:
     log_to_mlflow(args.out, cfg, report)
     print(format_report(report))
     print(f"outputs in {args.out}")
+    return 0
+
+
+def _pretrain_args(p):
+    p.add_argument("--regions", type=Path, help="filter output (sources `selected` and `filtered`)")
+    p.add_argument("--selection", type=Path, help="select output (source `selected`, the default)")
+    p.add_argument("--fields", help="smear images (source `fields`, the no-filter ablation)")
+    p.add_argument("--name", help="Ray Train run name; rerunning the same name resumes from its last checkpoint")
+    p.add_argument("--storage", help="Ray Train storage (shared NFS path or s3:// URI on clusters)")
+    p.add_argument("--max-failures", type=int, default=1, help="worker failures tolerated (FailureConfig)")
+    add_output_args(p)
+
+
+@command("pretrain")(_pretrain_args)
+def run_pretrain_cmd(args) -> int:
+    """Stage 4: self-supervised pretraining (MAE, MoCo v3, ...) on Ray Train, DDP."""
+    from .stages.pretrain import run_pretrain
+    from .tracking import init_mlflow
+
+    cfg = start_stage(args)
+    init_mlflow(cfg.run.work_dir, cfg.run.experiment)
+    record = run_pretrain(args.out, cfg, args.regions, args.selection, args.fields, args.name, args.storage,
+                          args.overwrite, args.max_failures)
+    print(json.dumps(record, indent=2))
     return 0
 
 

@@ -226,11 +226,17 @@ class SelectConfig(Section):
 
 class PretrainConfig(Section):
     method: str = Field("mae", min_length=1, description="SSL method from the registry")
-    model: Literal["tiny", "small", "base", "large"] = Field("base", description="encoder size")
+    model: Literal["micro", "tiny", "small", "base", "large"] = Field(
+        "base", description="ViT size (micro: tests and CPU demos)"
+    )
     image_size: int = Field(224, ge=16, le=1024, description="input size")
     patch_size: int = Field(16, ge=2, le=64, description="ViT patch size")
     mask_ratio: float = Field(0.75, gt=0, lt=1, description="MAE mask ratio")
     norm_pix_loss: bool = Field(True, description="MAE loss on per-patch normalised pixels")
+    moco_dim: int = Field(256, ge=8, description="MoCo v3 output dim")
+    moco_mlp_dim: int = Field(4096, ge=8, description="MoCo v3 projector/predictor hidden dim")
+    moco_temperature: float = Field(0.2, gt=0, le=10, description="MoCo v3 temperature T")
+    moco_momentum: float = Field(0.99, ge=0, le=1, description="MoCo v3 EMA momentum at the start (cosine to 1)")
     source: Literal["selected", "filtered", "all"] = Field(
         "selected", description="selected regions (ActiveSSF), all filtered regions, or raw fields"
     )

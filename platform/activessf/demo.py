@@ -64,6 +64,14 @@ def format_stages(stages: dict) -> list[str]:
         lines += ["Stages 2-3, prototypes and active sample selection:", format_report(s["report"]),
                   f"distractors among regions {e['distractor_share_filtered']:.2f} -> among selected "
                   f"{(e['distractor_share_selected'] or 0):.2f}; selection in {s['output']}", ""]
+    if "pretrain" in stages:
+        r = stages["pretrain"]["record"]
+        lines += [f"Stage 4, self-supervised pretraining ({r['method']}, ViT-{r['model']}, {r['rows']} selected "
+                  f"regions, {r['epochs']} epochs): final loss {r['final_loss']:.4f}; encoder in "
+                  f"{stages['pretrain']['output']}/encoder.pt (reconstructions in MLflow, run "
+                  f"{r['mlflow_run_id'][:8]})"]
+        recon = sorted(Path(stages["pretrain"]["output"]).glob("reconstructions/*.png"))
+        lines += [f"reconstructions (originals / masked / reconstructed): {recon[-1]}" if recon else "", ""]
     return lines
 
 
@@ -100,6 +108,7 @@ def run_demo(cfg: Config, progress: bool = True) -> dict:
         mlflow.log_artifact(str(sheet_path))
         stages = {"filter": filter_stage(cfg, data_dir, work / "regions")}
         stages["select"] = select_stage(cfg, data_dir, work)
+        stages["pretrain"] = pretrain_stage(cfg, work)
         run_id = run.info.run_id
     shutdown_ray()
 
@@ -145,6 +154,16 @@ def select_stage(cfg: Config, data_dir: Path, work: Path) -> dict:
     evidence = evaluate_selection(work / "selection", work / "regions", data_dir, "megakaryocyte", {"CA-MK", "HL-MK"})
     (work / "selection" / "evidence.json").write_text(json.dumps(evidence, indent=2))
     return {"output": str(work / "selection"), "report": report, "evidence": evidence}
+
+
+def pretrain_stage(cfg: Config, work: Path) -> dict:
+    """Stage 4: self-supervised pretraining on the selected regions (tiny model in the demo preset)."""
+    from .stages.pretrain import run_pretrain
+
+    record = run_pretrain(work / "encoder", cfg, regions=work / "regions", selection=work / "selection",
+                          name=f"demo-{cfg.pretrain.method}-{cfg.pretrain.digest()[:8]}",
+                          storage=str(work / "ray_results"), overwrite=True)
+    return {"output": str(work / "encoder"), "record": record}
 
 
 def format_summary(summary: dict) -> str:

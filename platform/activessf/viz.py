@@ -113,3 +113,22 @@ def distance_histograms(cluster: np.ndarray, distance: np.ndarray, thresholds: n
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def reconstruction_grid(images, masked, recon, path, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                        max_items: int = 8) -> None:
+    """Rows: originals, masked inputs, reconstructions (normalised tensors (N, 3, H, W))."""
+    import torch
+
+    m = torch.tensor(mean).view(1, 3, 1, 1)
+    s = torch.tensor(std).view(1, 3, 1, 1)
+
+    def rgb(t):
+        t = (t.detach().float().cpu()[:max_items] * s + m).clamp(0, 1)
+        return [(x.permute(1, 2, 0).numpy() * 255).astype(np.uint8) for x in t]
+
+    rows = [("original", rgb(images)), ("masked", rgb(masked)), ("reconstructed", rgb(recon))]
+    sheet = contact_sheet(rows, thumb=max(images.shape[-1], 64), label_width=120)
+    import cv2
+
+    cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))

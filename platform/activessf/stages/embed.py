@@ -128,7 +128,8 @@ def run_embed(source: str, spec: str | Path, out: str | Path, cfg: Config, overw
         errors = ds.filter(expr=col("error").is_not_null()).select_columns(["id", "error"]).take_all()
         pq.write_table(pa.Table.from_pylist(errors, pa.schema([("id", pa.string()), ("error", pa.string())])),
                        stage / "errors.parquet")
-        table = pq.read_table(stage / "embeddings")
+        schema = pq.read_schema(next((stage / "embeddings").glob("*.parquet")))
+        embedded = sum(pq.read_metadata(f).num_rows for f in (stage / "embeddings").glob("*.parquet"))
         from ..features.backbone import RANDOM_INIT, file_digest, resolve_weights
 
         meta = {
@@ -138,11 +139,11 @@ def run_embed(source: str, spec: str | Path, out: str | Path, cfg: Config, overw
             "weights": cfg.embed.weights,
             "weights_digest": file_digest(resolve_weights(cfg.embed.weights)) if cfg.embed.weights else RANDOM_INIT,
             "random_init": cfg.embed.weights is None,
-            "dim": table.schema.field("embedding").type.list_size,
-            "embedded": table.num_rows,
+            "dim": schema.field("embedding").type.list_size,
+            "embedded": embedded,
             "failed": len(errors),
             "seconds": round(seconds, 2),
-            "images_per_s": round(table.num_rows / seconds, 2) if seconds > 0 else None,
+            "images_per_s": round(embedded / seconds, 2) if seconds > 0 else None,
             "devices": f"{gpus} GPU actors" if gpus else f"{cpus} CPU actors",
         }
         (stage / "embed.json").write_text(json.dumps(meta, indent=2))

@@ -1,0 +1,15 @@
+"""Self-supervised pretraining methods behind one small interface (pure PyTorch, no Ray).
+
+    method = build_method(cfg.pretrain)          # from the registry, by cfg.method
+    out = method([view1, view2])                 # views: (B, 3, H, W) each, as many as method.views
+    out.loss.backward()
+    method.after_step(progress)                  # e.g. MoCo's momentum schedule; progress in [0, 1]
+    state = method.export_encoder()              # a timm ``vit_*`` state dict
+
+Adding a method is one module with ``@register_method("name")``; nothing else changes.
+"""
+
+from .base import METHODS, SSLMethod, SSLOutput, build_method, register_method
+from . import mae, mocov3  # noqa: F401  (register the methods)
+
+__all__ = ["METHODS", "SSLMethod", "SSLOutput", "build_method", "register_method"]

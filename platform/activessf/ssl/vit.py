@@ -1,0 +1,57 @@
+"""ViT encoders from timm with fixed 2-D sine-cosine position embeddings, in named sizes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class ViTSize:
+    dim: int
+    depth: int
+    heads: int
+    decoder_dim: int  # MAE decoder
+    decoder_depth: int
+    decoder_heads: int
+    timm_name: str  # the timm model whose state dict layout the encoder matches (at patch 16, 224 px)
+
+
+SIZES: dict[str, ViTSize] = {
+    "micro": ViTSize(64, 2, 2, 32, 1, 2, "vit_tiny_patch16_224"),  # tests and CPU demos
+    "tiny": ViTSize(192, 12, 3, 128, 2, 4, "vit_tiny_patch16_224"),
+    "small": ViTSize(384, 12, 6, 256, 4, 8, "vit_small_patch16_224"),
+    "base": ViTSize(768, 12, 12, 512, 8, 16, "vit_base_patch16_224"),
+    "large": ViTSize(1024, 24, 16, 512, 8, 16, "vit_large_patch16_224"),
+}
+
+
+def sincos_2d(dim: int, grid: int, cls_token: bool = True) -> torch.Tensor:
+    """MAE's fixed 2-D sine-cosine position embedding: (1, grid*grid [+1], dim)."""
+    assert dim % 4 == 0, "embedding dim must be divisible by 4"
+    omega = 1.0 / 10000 ** (np.arange(dim // 4, dtype=np.float64) / (dim / 4.0))
+    ys, xs = np.meshgrid(np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64), indexing="ij")
+
+    def one(pos):  # (M,) -> (M, dim/2)
+        out = np.einsum("m,d->md", pos.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    emb = np.concatenate([one(xs), one(ys)], axis=1)  # (grid*grid, dim)
+    if cls_token:
+        emb = np.concatenate([np.zeros((1, dim)), emb], axis=0)
+    return torch.from_numpy(emb).float().unsqueeze(0)
+
+
+def build_vit(size: str, image_size: int, patch_size: int, drop_path: float = 0.0):
+    """A timm VisionTransformer (no head) whose position embedding is fixed sin-cos."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    s = SIZES[size]
+    vit = VisionTransformer(img_size=image_size, patch_size=patch_size, embed_dim=s.dim, depth=s.depth,
+                            num_heads=s.heads, num_classes=0, drop_path_rate=drop_path)
+    with torch.no_grad():
+        vit.pos_embed.copy_(sincos_2d(s.dim, image_size // patch_size))
+    vit.pos_embed.requires_grad_(False)
+    return vit

@@ -1,0 +1,193 @@
+"""Stage 4 on Ray Train: self-supervised pretraining on the selected regions (or an ablation source).
+
+Sources (``pretrain.source``): ``selected`` - the regions a selection kept
+(ActiveSSF); ``filtered`` - every filtered region (CRF only); ``fields`` -
+random crops of whole smear fields (no filtering). Images are decoded and
+resized once with Ray Data, then streamed to the workers as dataset shards;
+augmentations run in the workers.
+
+Output (``OUT``):
+
+    encoder.pt      the pretrained encoder: a timm state dict (weights_only loadable)
+    encoder.json    method, size, image/patch size, timm model name and kwargs, digest, final loss
+    history.json    per-epoch loss, lr, images/s, skipped steps, rollbacks
+    reconstructions/reconstruction_epochNNNN.png   originals / masked / reconstructed (MAE-like methods)
+    config.yaml
+Checkpoints live in Ray Train's storage (``--storage``, default
+``<work_dir>/ray_results``) under the run name; rerunning the same name resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from ..config import Config, flatten, save_config
+from .outputs import staged_output
+
+log = logging.getLogger(__name__)
+
+
+def source_size(image_size: int) -> int:
+    """Stored crop size: a margin above the training size for random resized crops."""
+    return int(round(image_size * 1.15))
+
+
+def decode_resize(batch: dict, size: int) -> dict:
+    import cv2
+
+    from ..imageio import decode_png
+
+    cv2.setNumThreads(1)
+    out = [cv2.resize(decode_png(bytes(c)), (size, size), interpolation=cv2.INTER_AREA) for c in batch["crop"]]
+    return {"image": np.stack(out) if out else np.zeros((0, size, size, 3), np.uint8)}
+
+
+def field_crops(batch: dict, size: int, crop: int, per_field: int, seed: int) -> dict:
+    """``per_field`` random square crops of side ``crop`` from each whole field (the no-filter ablation)."""
+    import cv2
+
+    from ..data.decode import decode_image
+    from ..data.sources import read_bytes
+
+    cv2.setNumThreads(1)
+    out = []
+    for path in batch["path"]:
+        img = decode_image(read_bytes(str(path)), 10**9)
+        h, w = img.shape[:2]
+        c = min(crop, h, w)
+        rng = np.random.default_rng([seed, int(hashlib.sha1(str(path).encode()).hexdigest()[:8], 16)])
+        for _ in range(per_field):
+            y, x = int(rng.integers(0, h - c + 1)), int(rng.integers(0, w - c + 1))
+            out.append(cv2.resize(img[y : y + c, x : x + c], (size, size), interpolation=cv2.INTER_AREA))
+    return {"image": np.stack(out) if out else np.zeros((0, size, size, 3), np.uint8)}
+
+
+def training_images(cfg: Config, regions: Optional[Path], selection: Optional[Path], fields: Optional[str]):
+    """The training set as a materialised Ray dataset of {"image": uint8 (S, S, 3)}."""
+    import ray
+
+    size = source_size(cfg.pretrain.image_size)
+    src = cfg.pretrain.source
+    if src == "fields":
+        if not fields:
+            raise ValueError("pretrain.source=fields needs --fields (smear images: directory, glob or URI)")
+        from ..data.sources import list_inputs
+
+        items = [{"path": p.decode() if isinstance(p, bytes) else p} for p in list_inputs(fields)]
+        ds = ray.data.from_items(items).map_batches(
+            field_crops, fn_kwargs={"size": size, "crop": 160, "per_field": 4, "seed": cfg.run.seed})
+        return ds.materialize()
+    if regions is None:
+        raise ValueError(f"pretrain.source={src} needs --regions (the filter output)")
+    ds = ray.data.read_parquet(str(Path(regions) / "regions"), columns=["region_id", "crop"])
+    if src == "selected":
+        if selection is None:
+            raise ValueError("pretrain.source=selected needs --selection (the output of `activessf select`)")
+        t = pq.read_table(Path(selection) / "selection", columns=["region_id", "selected"]).to_pydict()
+        keep = {r for r, s in zip(t["region_id"], t["selected"]) if s}
+        if not keep:
+            raise ValueError(f"the selection in {selection} kept no region: nothing to pretrain on")
+        ds = ds.filter(lambda row: row["region_id"] in keep)
+    return ds.map_batches(decode_resize, fn_kwargs={"size": size}).materialize()
+
+
+def scaling(cfg: Config):
+    import ray
+    from ray.train import ScalingConfig
+
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    cpus = max(int(ray.cluster_resources().get("CPU", 1)), 1)
+    use_gpu = cfg.pretrain.use_gpu if cfg.pretrain.use_gpu is not None else gpus > 0
+    workers = cfg.pretrain.num_workers or (gpus if use_gpu else min(2, cpus))
+    # On CPU the workers share the machine: each gets its share of cores (and as many torch threads).
+    per_worker = 1 if use_gpu else max(1, cpus // workers)
+    return ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": per_worker})
+
+
+def run_pretrain(
+    out: str | Path,
+    cfg: Config,
+    regions: Optional[str | Path] = None,
+    selection: Optional[str | Path] = None,
+    fields: Optional[str] = None,
+    name: Optional[str] = None,
+    storage: Optional[str] = None,
+    overwrite: bool = False,
+    max_failures: int = 1,
+    test_hooks: Optional[dict] = None,
+) -> dict:
+    """Pretrain with Ray Train; returns the encoder record. Rerunning the same ``name`` resumes."""
+    import mlflow
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train.torch import TorchTrainer
+
+    from ..training.checkpoint import load_state
+    from ..training.loop import train_loop_per_worker
+    from ..tracking import tracking_uri
+
+    p = cfg.pretrain
+    ds = training_images(cfg, Path(regions) if regions else None, Path(selection) if selection else None, fields)
+    rows = ds.count()
+    if rows < p.batch_size:
+        log.warning("only %d training images for a batch of %d: lower pretrain.batch_size", rows, p.batch_size)
+    name = name or f"pretrain-{p.method}-{p.source}-{cfg.pretrain.digest()[:8]}"
+    storage = storage or str((Path(cfg.run.work_dir) / "ray_results").resolve())
+    sample = np.stack([r["image"] for r in ds.take(8)]) if rows else None
+    with staged_output(out, overwrite) as stage, mlflow.start_run(
+        run_name=f"pretrain-{p.method}", nested=mlflow.active_run() is not None
+    ) as run:
+        mlflow.log_params({**flatten(p), "rows": rows, "run_name": name})
+        loop_config = {
+            "cfg": cfg.model_dump(mode="json"),
+            "rows": rows,
+            "tracking_uri": tracking_uri(cfg.run.work_dir),
+            "mlflow_run_id": run.info.run_id,
+            "visualise_every": max(p.epochs // 4, 1),
+            "sample_images": sample,
+            "marker": str(Path(storage) / name / "failed_once"),
+            "viz_dir": str(stage / "reconstructions"),
+            **(test_hooks or {}),
+        }
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config=loop_config,
+            scaling_config=scaling(cfg),
+            run_config=RunConfig(name=name, storage_path=storage,
+                                 checkpoint_config=CheckpointConfig(num_to_keep=p.keep_checkpoints),
+                                 failure_config=FailureConfig(max_failures=max_failures)),
+            datasets={"train": ds},
+        )
+        result = trainer.fit()
+        with result.checkpoint.as_directory() as d:
+            state = load_state(d)
+        import torch
+
+        from ..features.backbone import file_digest
+        from ..ssl.vit import SIZES
+
+        torch.save(state["encoder"], stage / "encoder.pt")
+        s = SIZES[p.model]
+        record = {
+            "method": p.method, "model": p.model, "image_size": p.image_size, "patch_size": p.patch_size,
+            "timm_name": s.timm_name,
+            "timm_kwargs": {"img_size": p.image_size, "patch_size": p.patch_size, "embed_dim": s.dim,
+                            "depth": s.depth, "num_heads": s.heads},
+            "source": p.source, "rows": rows, "epochs": state["epoch"], "run_name": name, "storage": storage,
+            "final_loss": state["history"][-1]["loss"] if state["history"] else None,
+            "skipped_steps": state["guard"]["skipped"], "rollbacks": state["guard"]["rollbacks"],
+            "lr_factor": state["guard"]["lr_factor"], "resumed": state["resumed"],
+            "weights_digest": file_digest(stage / "encoder.pt"), "mlflow_run_id": run.info.run_id,
+        }
+        (stage / "encoder.json").write_text(json.dumps(record, indent=2))
+        (stage / "history.json").write_text(json.dumps(state["history"], indent=2))
+        save_config(cfg, stage)
+        for f in ("encoder.pt", "encoder.json", "history.json", "config.yaml"):
+            mlflow.log_artifact(str(stage / f), "encoder" if f.startswith("encoder") else None)
+    return record

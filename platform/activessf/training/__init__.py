@@ -1,0 +1,1 @@
+"""Training building blocks (pure PyTorch): optimiser groups, schedules, checkpoints, the non-finite guard."""

@@ -1,0 +1,275 @@
+"""The training loop each Ray Train worker runs (DDP: gloo on CPU, nccl on GPU).
+
+One loop serves every SSL method: views from the method's augmentation, the
+method's loss, AdamW with per-step warm-up + cosine, gradient accumulation,
+AMP on GPU, the non-finite guard, checkpoints every ``checkpoint_every``
+epochs through ``ray.train.report`` (every worker calls it: it is a barrier),
+resumption from ``ray.train.get_checkpoint()``, and MLflow logging on rank 0.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import Config
+from .checkpoint import load_state, save_state
+from .guard import NonFiniteGuard
+from .optim import param_groups
+from .schedule import lr_at, scaled_lr, set_lr
+
+log = logging.getLogger(__name__)
+
+
+def optimizer_digest(opt: torch.optim.Optimizer) -> str:
+    """Hash of the optimiser's tensors and step counts: equal states give equal digests."""
+    h = hashlib.sha256()
+    for pid, st in sorted(opt.state_dict()["state"].items()):
+        for key in sorted(st):
+            v = st[key]
+            h.update(f"{pid}.{key}".encode())
+            h.update(v.detach().cpu().numpy().tobytes() if torch.is_tensor(v) else repr(v).encode())
+    return h.hexdigest()[:16]
+
+
+def amp_settings(precision: str, device: torch.device) -> tuple[bool, torch.dtype, bool]:
+    """(autocast on?, its dtype, use a GradScaler?) for the configured precision on this device."""
+    if device.type != "cuda":
+        return precision == "bf16", torch.bfloat16, False
+    if precision in ("auto", "bf16"):
+        bf16 = torch.cuda.is_bf16_supported()
+        return True, torch.bfloat16 if bf16 else torch.float16, not bf16
+    if precision == "fp16":
+        return True, torch.float16, True
+    return False, torch.float32, False
+
+
+def all_finite(value: torch.Tensor) -> bool:
+    """True only if the loss is finite on every worker (so all workers skip or step together)."""
+    import torch.distributed as dist
+
+    flag = torch.tensor([1.0 if torch.isfinite(value).all() else 0.0], device=value.device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+class Tracker:
+    """MLflow on rank 0 only; a no-op elsewhere or without a run id."""
+
+    def __init__(self, uri: str | None, run_id: str | None, rank: int):
+        self.on = bool(uri and run_id and rank == 0)
+        if self.on:
+            from mlflow.tracking import MlflowClient
+
+            self.client, self.run_id = MlflowClient(uri), run_id
+
+    def metrics(self, values: dict, step: int) -> None:
+        if self.on:  # one batched write per epoch, not one per metric
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            batch = [Metric(k, float(v), now, step) for k, v in values.items()
+                     if isinstance(v, (int, float)) and math.isfinite(v)]
+            self.client.log_batch(self.run_id, metrics=batch)
+
+    def artifact(self, path: Path, folder: str | None = None) -> None:
+        if self.on:
+            self.client.log_artifact(self.run_id, str(path), folder)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    from ..ssl import build_method
+    from ..ssl.augment import make_views
+
+    cfg = Config.model_validate(config["cfg"])
+    p = cfg.pretrain
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    if device.type == "cpu":  # as many torch threads as CPUs reserved for this worker
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+        torch.set_num_threads(max(int(cpus), 1))
+    torch.manual_seed(cfg.run.seed)  # identical initial weights on every worker
+    method = build_method(p)
+    groups = param_groups(method, p.weight_decay, skip=method.no_weight_decay())
+    opt = torch.optim.AdamW(groups, lr=0.0, betas=(0.9, 0.95))
+    use_amp, amp_dtype, use_scaler = amp_settings(p.precision, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    guard = NonFiniteGuard(config.get("max_bad_steps", 5), config.get("max_rollbacks", 3))
+    start_epoch, history, resumed_digest, resumed_epoch = 0, [], None, 0
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = load_state(d)
+        method.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        guard.load(state["guard"])
+        start_epoch, history = state["epoch"], state["history"]
+        resumed_digest, resumed_epoch = optimizer_digest(opt), start_epoch
+        log.info("rank %d resumed at epoch %d (optimiser %s)", rank, start_epoch, resumed_digest)
+    method.to(device)
+    model = ray.train.torch.prepare_model(method, move_to_device=False) if world > 1 else method
+    views_of = make_views(method, p.image_size)
+    per_worker = max(p.batch_size // (world * p.accum_steps), 1)
+    steps_per_epoch = max(config["rows"] // (per_worker * world), 1)
+    lr = scaled_lr(p.base_lr, p.batch_size)
+    tracker = Tracker(config.get("tracking_uri"), config.get("mlflow_run_id"), rank)
+    feed = ShardFeed(ray.train.get_dataset_shard("train"), per_worker, config.get("cache_mb", 2048),
+                     seed=cfg.run.seed * 1000 + rank)
+    inject = set(config.get("inject_nan_steps", []))
+    fail_at = config.get("fail_at_epoch")
+    good = _snapshot(method, opt, scaler)  # the state a rollback returns to
+
+    for epoch in range(start_epoch, p.epochs):
+        if fail_at is not None and epoch == fail_at and rank == world - 1 and _first_time(config["marker"]):
+            time.sleep(3)  # test hook: a worker dies mid-run, once, a while after the last checkpoint
+            os._exit(1)
+        method.train()
+        started, seen, losses, step = time.time(), 0, [], 0
+        for step, images in enumerate(feed.batches(epoch)):
+            x = images.to(device).permute(0, 3, 1, 2).contiguous()
+            views = views_of(x)
+            global_step = epoch * steps_per_epoch + step
+            set_lr(opt, lr_at(epoch + step / steps_per_epoch, lr, p.warmup_epochs, p.epochs) * guard.lr_factor)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                out = model(views)
+            loss = out.loss.float()
+            if global_step in inject:
+                loss = loss * float("nan")
+            action = guard.check(loss.item() if all_finite(loss) else float("nan"), global_step)
+            if action == "rollback":
+                _restore(good, method, opt, scaler)
+                log.warning("rank %d: non-finite losses; rolled back, lr x%g", rank, guard.lr_factor)
+            if action != "step":
+                opt.zero_grad(set_to_none=True)
+                continue
+            scaler.scale(loss / p.accum_steps).backward()
+            if (step + 1) % p.accum_steps == 0:
+                scaler.step(opt)
+                scaler.update()
+                opt.zero_grad(set_to_none=True)
+                method.after_step(min((global_step + 1) / (steps_per_epoch * p.epochs), 1.0))
+            losses.append(loss.item())
+            seen += x.shape[0]
+        elapsed = time.time() - started
+        metrics = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
+                   "lr": opt.param_groups[0]["lr"], "images_per_s": seen * world / max(elapsed, 1e-9),
+                   "skipped_steps": guard.skipped, "rollbacks": guard.rollbacks, "epoch_seconds": elapsed,
+                   "lr_factor": guard.lr_factor, "cuda_initialized": int(torch.cuda.is_initialized()),
+                   "torch_threads": torch.get_num_threads(),
+                   "resumed_optimizer": resumed_digest or ""}
+        history.append({k: v for k, v in metrics.items() if k != "resumed_optimizer"})
+        tracker.metrics({k: v for k, v in metrics.items() if k != "resumed_optimizer"}, epoch + 1)
+        last = epoch + 1 == p.epochs
+        if rank == 0 and config.get("visualise_every") and ((epoch + 1) % config["visualise_every"] == 0 or last):
+            _visualise(method, views_of, shard_sample(config), epoch + 1, tracker, config.get("viz_dir"))
+        if (epoch + 1) % p.checkpoint_every == 0 or last:
+            good = _snapshot(method, opt, scaler)
+            with tempfile.TemporaryDirectory() as tmp:
+                ckpt = None
+                if rank == 0:
+                    save_state(tmp, model=method.state_dict(), optimizer=opt.state_dict(),
+                               scaler=scaler.state_dict(), guard=guard.state(), epoch=epoch + 1, history=history,
+                               encoder=method.export_encoder(), optimizer_digest=optimizer_digest(opt),
+                               resumed={"epoch": resumed_epoch, "optimizer_digest": resumed_digest or ""})
+                    ckpt = ray.train.Checkpoint.from_directory(tmp)
+                ray.train.report(metrics, checkpoint=ckpt)
+        else:
+            ray.train.report(metrics)
+
+
+class ShardFeed:
+    """Batches of this worker's shard, per epoch.
+
+    The first epoch streams from Ray Data and keeps the uint8 images when the
+    shard fits in ``cache_mb``; later epochs then draw shuffled batches from
+    memory (a seeded permutation per epoch) instead of re-reading the object
+    store. Larger shards stream every epoch.
+    """
+
+    def __init__(self, shard, batch_size: int, cache_mb: float, seed: int):
+        self.shard, self.batch_size, self.limit, self.seed = shard, batch_size, cache_mb * 2**20, seed
+        self.cached: torch.Tensor | None = None
+
+    def batches(self, epoch: int):
+        if self.cached is not None:
+            order = torch.randperm(len(self.cached), generator=torch.Generator().manual_seed(self.seed + epoch))
+            for i in range(0, len(order) - self.batch_size + 1, self.batch_size):
+                yield self.cached[order[i : i + self.batch_size]]
+            return
+        kept, size = [], 0
+        for batch in self.shard.iter_torch_batches(batch_size=self.batch_size, drop_last=True):
+            x = batch["image"]
+            if kept is not None:
+                size += x.numel()
+                kept = kept + [x] if size <= self.limit else None
+            yield x
+        if kept:
+            self.cached = torch.cat(kept)
+
+
+def _snapshot(method, opt, scaler) -> dict:
+    return {"model": copy.deepcopy(method.state_dict()), "optimizer": copy.deepcopy(opt.state_dict()),
+            "scaler": scaler.state_dict()}
+
+
+def _restore(state: dict, method, opt, scaler) -> None:
+    method.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+
+
+def _first_time(marker: str) -> bool:
+    path = Path(marker)
+    if path.exists():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("failed once")
+    return True
+
+
+def shard_sample(config: dict) -> np.ndarray | None:
+    return config.get("sample_images")
+
+
+@torch.no_grad()
+def _visualise(method, views_of, sample, epoch: int, tracker: Tracker, viz_dir: str | None = None) -> None:
+    """Originals / masked / reconstructions (MAE-like methods) as a PNG, logged to MLflow
+    (and kept in ``viz_dir`` when this worker can write there, e.g. on a single machine)."""
+    if sample is None or not hasattr(method, "reconstruction"):
+        return
+    from ..viz import reconstruction_grid
+
+    method.eval()
+    device = next(method.parameters()).device
+    x = torch.as_tensor(np.asarray(sample)).to(device).permute(0, 3, 1, 2).contiguous()
+    torch.manual_seed(epoch)
+    imgs = views_of(x)[0]
+    out = method([imgs])
+    masked, recon = method.reconstruction(imgs, out.extras["pred"], out.extras["mask"])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"reconstruction_epoch{epoch:04d}.png"
+        reconstruction_grid(imgs, masked, recon, path)
+        tracker.artifact(path, "reconstructions")
+        if viz_dir:
+            try:
+                Path(viz_dir).mkdir(parents=True, exist_ok=True)
+                (Path(viz_dir) / path.name).write_bytes(path.read_bytes())
+            except OSError:
+                pass

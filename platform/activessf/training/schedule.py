@@ -1,0 +1,24 @@
+"""Learning-rate schedule: linear warm-up, then half-cosine to ``min_lr`` (MAE recipe), per step."""
+
+from __future__ import annotations
+
+import math
+
+
+def lr_at(epoch: float, base_lr: float, warmup_epochs: float, epochs: float, min_lr: float = 0.0) -> float:
+    """Learning rate at fractional ``epoch``."""
+    if epoch < warmup_epochs:
+        return base_lr * epoch / warmup_epochs
+    span = max(epochs - warmup_epochs, 1e-12)
+    progress = min((epoch - warmup_epochs) / span, 1.0)
+    return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def scaled_lr(base_lr: float, batch_size: int) -> float:
+    """The paper's rule: lr = base_lr * batch / 256."""
+    return base_lr * batch_size / 256
+
+
+def set_lr(optimizer, lr: float) -> None:
+    for g in optimizer.param_groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)

@@ -1,0 +1,117 @@
+"""SSL methods on tiny inputs: shapes, masking, learning, momentum, symmetry, export to timm."""
+
+import pytest
+import torch
+
+from activessf.config import PretrainConfig
+from activessf.ssl import METHODS, build_method
+from activessf.ssl.mae import random_masking
+from activessf.ssl.mocov3 import momentum_at
+from activessf.ssl.vit import SIZES
+
+TINY = dict(model="micro", image_size=32, patch_size=8, moco_mlp_dim=32, moco_dim=16, epochs=1, warmup_epochs=0)
+
+
+def cfg(**kw) -> PretrainConfig:
+    return PretrainConfig(**{**TINY, **kw})
+
+
+def batch(n=4, seed=0):
+    return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def test_registry_and_unknown_method():
+    assert {"mae", "mocov3"} <= set(METHODS)
+    with pytest.raises(ValueError, match="unknown SSL method 'simclr'"):
+        build_method(cfg(method="simclr"))
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.75, 0.9])
+def test_random_masking_shapes_and_ratio(ratio):
+    x = torch.randn(3, 16, 8)
+    kept, mask, restore = random_masking(x, ratio)
+    keep = int(16 * (1 - ratio))
+    assert kept.shape == (3, keep, 8) and mask.shape == (3, 16) and restore.shape == (3, 16)
+    assert (mask.sum(1) == 16 - keep).all()
+    for i in range(3):  # the kept tokens are exactly the unmasked ones, in shuffled order
+        unmasked = x[i][mask[i] == 0]
+        assert torch.equal(torch.sort(kept[i].sum(1)).values, torch.sort(unmasked.sum(1)).values)
+
+
+def test_mae_patchify_roundtrip_and_output_shapes():
+    m = build_method(cfg())
+    imgs = batch()
+    assert torch.equal(m.unpatchify(m.patchify(imgs)), imgs)
+    out = m([imgs])
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+    assert out.extras["pred"].shape == (4, 16, 8 * 8 * 3) and out.extras["mask"].shape == (4, 16)
+    masked, recon = m.reconstruction(imgs, out.extras["pred"], out.extras["mask"])
+    assert masked.shape == recon.shape == imgs.shape
+
+
+def test_mae_loss_decreases_on_a_fixed_batch():
+    torch.manual_seed(0)
+    m = build_method(cfg(norm_pix_loss=False))
+    opt = torch.optim.AdamW(m.parameters(), lr=2e-3)
+    imgs = batch(8)
+    losses = []
+    for _ in range(40):
+        torch.manual_seed(1)  # the same masks every step: a fixed problem to fit
+        loss = m([imgs]).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses[::8]
+
+
+def test_mocov3_loss_is_symmetric_in_its_views():
+    torch.manual_seed(0)
+    m = build_method(cfg(method="mocov3")).eval()  # eval: BatchNorm uses fixed statistics
+    a, b = batch(6, 1), batch(6, 2)
+    assert torch.allclose(m([a, b]).loss, m([b, a]).loss, atol=1e-6)
+
+
+def test_mocov3_momentum_encoder_follows_the_schedule():
+    m = build_method(cfg(method="mocov3", moco_momentum=0.9))
+    assert momentum_at(0.0, 0.9) == pytest.approx(0.9) and momentum_at(1.0, 0.9) == pytest.approx(1.0)
+    assert momentum_at(0.5, 0.9) == pytest.approx(0.95)
+    with torch.no_grad():
+        for p in m.base.parameters():
+            p.add_(1.0)
+    before = [q.clone() for q in m.momentum_base.parameters()]
+    m.after_step(0.0)
+    for p, q, q0 in zip(m.base.parameters(), m.momentum_base.parameters(), before):
+        assert torch.allclose(q, 0.9 * q0 + 0.1 * p)
+    assert not any(q.requires_grad for q in m.momentum_base.parameters())
+
+
+def test_mocov3_loss_decreases():
+    torch.manual_seed(0)
+    m = build_method(cfg(method="mocov3"))
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-3)
+    a = batch(16, 3)
+    b = a.flip(3) + 0.02 * torch.randn_like(a)
+    losses = []
+    for step in range(30):
+        loss = m([a, b]).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        m.after_step(step / 30)
+        losses.append(loss.item())
+    assert sum(losses[-5:]) < sum(losses[:5]), losses[::5]
+
+
+@pytest.mark.parametrize("method", ["mae", "mocov3"])
+def test_exported_encoder_loads_into_timm(method):
+    import timm
+
+    m = build_method(cfg(method=method))
+    state = m.export_encoder()
+    s = SIZES["micro"]
+    vit = timm.create_model(s.timm_name, pretrained=False, num_classes=0, img_size=32, patch_size=8,
+                            embed_dim=s.dim, depth=s.depth, num_heads=s.heads)
+    vit.load_state_dict(state, strict=True)  # every key matches: a timm ViT
+    x = batch(2)
+    assert torch.allclose(vit.eval()(x), m.encoder().eval()(x), atol=1e-5)
