@@ -1,0 +1,1 @@
+"""Evaluation (paper Sec. III): folds, metrics, statistics, reports. Pure code."""
