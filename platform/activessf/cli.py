@@ -9,6 +9,8 @@
     activessf select-eval --selection DIR --regions DIR --boxes GT
     activessf features --labelled DIR|CSV --out DIR     supervised features trained on T
     activessf pretrain --regions DIR --selection DIR --out DIR [--name RUN] [--set pretrain.method=mocov3]
+    activessf finetune --labelled DIR --out DIR [--init ENCODER_DIR] [--folds folds.json]
+    activessf compare RUN_A RUN_B            paired t-tests over the same folds
     activessf config [--section filter]     print the resolved configuration
 
 Every command takes ``--config FILE``, ``--preset NAME`` and repeated
@@ -245,6 +247,51 @@ def run_pretrain_cmd(args) -> int:
     record = run_pretrain(args.out, cfg, args.regions, args.selection, args.fields, args.name, args.storage,
                           args.overwrite, args.max_failures)
     print(json.dumps(record, indent=2))
+    return 0
+
+
+def _finetune_args(p):
+    p.add_argument("--labelled", required=True, type=Path, help="labelled cells: ImageFolder directory or CSV")
+    p.add_argument("--init", help="pretrained encoder (a `pretrain` output dir), weights file or MLflow URI")
+    p.add_argument("--folds", type=Path, help="reuse this folds.json (identical folds for compared runs)")
+    p.add_argument("--name", help="run name")
+    p.add_argument("--storage", help="Ray Train storage (shared on clusters)")
+    add_output_args(p)
+
+
+@command("finetune")(_finetune_args)
+def run_finetune_cmd(args) -> int:
+    """Stage 5: stratified k-fold fine-tuning on Ray Train with the paper's metrics."""
+    from .evaluation.report import format_table2
+    from .stages.finetune import run_finetune
+    from .tracking import init_mlflow
+
+    if args.init:
+        args.overrides.append(f"finetune.init={args.init}")
+    cfg = start_stage(args)
+    init_mlflow(cfg.run.work_dir, cfg.run.experiment)
+    record = run_finetune(args.labelled, args.out, cfg, args.folds, args.name, args.storage, args.overwrite)
+    print(format_table2({args.name or record["name"]: record}))
+    print(f"outputs in {args.out}")
+    return 0
+
+
+def _compare_args(p):
+    p.add_argument("baseline", type=Path, help="a `finetune` output directory (A)")
+    p.add_argument("candidate", type=Path, help="another one, on the same folds (B)")
+    p.add_argument("--json", type=Path, help="also write the comparison here")
+
+
+@command("compare")(_compare_args)
+def run_compare(args) -> int:
+    """Paired t-tests over folds between two fine-tuning runs (B vs A), as in Table II."""
+    from .evaluation.report import compare_runs, format_comparison, load_run
+
+    cfg = config_from(args)
+    result = compare_runs(load_run(args.baseline), load_run(args.candidate), cfg.evaluate.significance)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    print(format_comparison(result))
     return 0
 
 

@@ -264,8 +264,12 @@ class PretrainConfig(Section):
 
 
 class FinetuneConfig(Section):
-    init: Optional[str] = Field(None, description="pretrained encoder path/URI; None = from scratch")
-    backbone: str = Field("vit_base_patch16_224", min_length=1, description="timm model name")
+    init: Optional[str] = Field(
+        None, description="pretrained encoder (a `pretrain` output dir, a weights file or an MLflow URI); None = scratch"
+    )
+    backbone: str = Field("vit_base_patch16_224", min_length=1, description="timm model name (ignored with an encoder dir)")
+    backbone_kwargs: dict = Field(default_factory=dict, description="extra timm kwargs, e.g. img_size, depth")
+    drop_path: float = Field(0.1, ge=0, lt=1, description="stochastic depth (MAE fine-tuning recipe)")
     num_classes: int = Field(11, ge=2, description="paper: 11 subtypes")
     image_size: int = Field(224, ge=16, le=1024, description="paper: 224")
     epochs: int = Field(50, ge=1, description="paper: 50")
@@ -276,6 +280,16 @@ class FinetuneConfig(Section):
     weight_decay: float = Field(0.05, ge=0, le=10, description="AdamW weight decay")
     class_balanced: bool = Field(False, description="extension: class-balanced sampling")
     class_weights: bool = Field(False, description="extension: inverse-frequency loss weights")
+    num_workers: int = Field(1, ge=1, description="Ray Train workers per fold")
+    use_gpu: Optional[bool] = Field(None, description="None = use GPUs when the cluster has them")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="as pretrain.precision")
+    parallel_folds: Optional[int] = Field(None, ge=1, description="folds trained at once (None = fit the cluster)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "FinetuneConfig":
+        if self.warmup_epochs > self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be <= epochs ({self.epochs})")
+        return self
 
 
 class EvaluateConfig(Section):

@@ -142,8 +142,8 @@ def train_loop_per_worker(config: dict) -> None:
             os._exit(1)
         method.train()
         started, seen, losses, step = time.time(), 0, [], 0
-        for step, images in enumerate(feed.batches(epoch)):
-            x = images.to(device).permute(0, 3, 1, 2).contiguous()
+        for step, batch in enumerate(feed.batches(epoch)):
+            x = batch["image"].to(device).permute(0, 3, 1, 2).contiguous()
             views = views_of(x)
             global_step = epoch * steps_per_epoch + step
             set_lr(opt, lr_at(epoch + step / steps_per_epoch, lr, p.warmup_epochs, p.epochs) * guard.lr_factor)
@@ -195,33 +195,50 @@ def train_loop_per_worker(config: dict) -> None:
 
 
 class ShardFeed:
-    """Batches of this worker's shard, per epoch.
+    """Batches (dicts of tensors) of this worker's shard, per epoch.
 
-    The first epoch streams from Ray Data and keeps the uint8 images when the
-    shard fits in ``cache_mb``; later epochs then draw shuffled batches from
-    memory (a seeded permutation per epoch) instead of re-reading the object
-    store. Larger shards stream every epoch.
+    The first epoch streams from Ray Data and keeps the tensors when the shard
+    fits in ``cache_mb``; later epochs then draw shuffled batches from memory
+    (a seeded permutation per epoch, or class-balanced sampling with
+    ``balance_by``) instead of re-reading the object store. ``prefill`` loads
+    the cache before the first epoch. Larger shards stream every epoch.
     """
 
-    def __init__(self, shard, batch_size: int, cache_mb: float, seed: int):
+    def __init__(self, shard, batch_size: int, cache_mb: float, seed: int, prefill: bool = False,
+                 balance_by: str | None = None):
         self.shard, self.batch_size, self.limit, self.seed = shard, batch_size, cache_mb * 2**20, seed
-        self.cached: torch.Tensor | None = None
+        self.balance_by = balance_by
+        self.cached: dict[str, torch.Tensor] | None = None
+        if prefill:
+            for _ in self.batches(-1):
+                pass
+
+    def _order(self, epoch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed + epoch)
+        n = len(next(iter(self.cached.values())))
+        if self.balance_by is None:
+            return torch.randperm(n, generator=g)
+        y = self.cached[self.balance_by].long()
+        weight = 1.0 / torch.bincount(y).float()[y]  # every class equally likely
+        return torch.multinomial(weight, n, replacement=True, generator=g)
 
     def batches(self, epoch: int):
         if self.cached is not None:
-            order = torch.randperm(len(self.cached), generator=torch.Generator().manual_seed(self.seed + epoch))
+            order = self._order(epoch)
             for i in range(0, len(order) - self.batch_size + 1, self.batch_size):
-                yield self.cached[order[i : i + self.batch_size]]
+                yield {k: v[order[i : i + self.batch_size]] for k, v in self.cached.items()}
             return
         kept, size = [], 0
-        for batch in self.shard.iter_torch_batches(batch_size=self.batch_size, drop_last=True):
-            x = batch["image"]
+        for batch in self.shard.iter_torch_batches(batch_size=self.batch_size, drop_last=epoch >= 0):
             if kept is not None:
-                size += x.numel()
-                kept = kept + [x] if size <= self.limit else None
-            yield x
+                size += sum(v.numel() * v.element_size() for v in batch.values())
+                kept = kept + [batch] if size <= self.limit else None
+            if epoch >= 0:
+                yield batch
         if kept:
-            self.cached = torch.cat(kept)
+            self.cached = {k: torch.cat([b[k] for b in kept]) for k in kept[0]}
+            if epoch < 0:  # prefilled: the first real epoch uses the cache
+                return
 
 
 def _snapshot(method, opt, scaler) -> dict:

@@ -1,0 +1,67 @@
+"""Build the classifier to fine-tune, and its layer-wise lr decay parameter groups."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import FinetuneConfig
+from ..features.backbone import WeightsError, file_digest, read_state_dict, resolve_weights
+from ..training.optim import param_groups
+
+log = logging.getLogger(__name__)
+
+
+def encoder_record(init: str) -> tuple[dict | None, Path]:
+    """(encoder.json of a `pretrain` output, weights file) for ``init``: a directory, a file or a URI."""
+    path = Path(init)
+    if path.is_dir() and (path / "encoder.json").is_file():
+        return json.loads((path / "encoder.json").read_text()), path / "encoder.pt"
+    local = resolve_weights(init)
+    record = local.parent / "encoder.json"
+    return (json.loads(record.read_text()) if record.is_file() else None), local
+
+
+def build_classifier(ft: FinetuneConfig, num_classes: int, seed: int = 0) -> tuple[nn.Module, dict]:
+    """timm model with a fresh ``num_classes`` head; weights from ``ft.init`` when given."""
+    import timm
+
+    name, kwargs, weights, info = ft.backbone, dict(ft.backbone_kwargs), None, {"init": "scratch"}
+    if ft.init:
+        record, weights = encoder_record(ft.init)
+        if record is not None:  # a pretrained encoder: rebuild exactly its architecture
+            name, kwargs = record["timm_name"], dict(record["timm_kwargs"])
+            info = {"init": "pretrained", "method": record.get("method"), "source": record.get("source")}
+        else:
+            info = {"init": "weights"}
+        info["weights_digest"] = file_digest(weights)
+    extra = {"drop_path_rate": ft.drop_path} if "vit" in name or ft.drop_path else {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs, **extra)
+    if weights is not None:
+        state = read_state_dict(weights)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        head = model.default_cfg.get("classifier", "head")
+        missing = [k for k in missing if not k.startswith(head)]
+        if missing:
+            raise WeightsError(f"{weights} does not fit {name}: missing {missing[:3]} ...")
+        if unexpected:
+            log.info("ignored %d unused keys from %s", len(unexpected), weights)
+    info.update({"timm_name": name, "timm_kwargs": kwargs, "num_classes": num_classes})
+    return model, info
+
+
+def layer_decay_groups(model: nn.Module, weight_decay: float, layer_decay: float) -> list[dict]:
+    """AdamW groups with lr_scale = layer_decay ** (last - layer): per block for ViTs, per stage for CNNs."""
+    from timm.models._manipulate import group_parameters
+
+    coarse = not hasattr(model, "blocks")  # transformers by block; CNNs (ResNet: stem, layer1-4, fc) by stage
+    layers = group_parameters(model, model.group_matcher(coarse=coarse), reverse=True)
+    last = max(layers.values())
+    return param_groups(model, weight_decay, layer_of=lambda n: layers.get(n, last), num_layers=last,
+                        layer_decay=layer_decay)

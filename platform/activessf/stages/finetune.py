@@ -1,0 +1,188 @@
+"""Stage 5 on Ray Train: stratified k-fold fine-tuning and the paper's metrics.
+
+The fold assignment is written to ``OUT/folds.json`` and can be passed to
+other runs (``--folds``) so that compared runs see identical folds (NOTES 11).
+Folds run as parallel Ray Train runs when the cluster has room. Output:
+
+    folds.json        sample id -> fold, k, seed, digest
+    predictions.parquet  id, label, fold, probabilities per class
+    metrics.json      per fold and mean +/- std: accuracy, PR-AUC (macro), F1 (macro),
+                      per-class PR-AUC, confusion matrix; class groups; the classes
+    config.yaml
+Each run is one MLflow run with a nested run per fold.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..config import Config, flatten, save_config
+from ..data.labelled import list_labelled
+from ..evaluation.folds import assign_folds, folds_digest, load_folds, save_folds
+from ..evaluation.metrics import class_groups, fold_metrics, summarise
+from ..subtypes import SUBTYPES
+from .outputs import staged_output
+
+log = logging.getLogger(__name__)
+
+
+def class_order(labels: list[str]) -> list[str]:
+    """The paper's subtype order when the labels are subtypes, else sorted."""
+    present = set(labels)
+    return [s for s in SUBTYPES if s in present] if present <= set(SUBTYPES) else sorted(present)
+
+
+def load_resize(batch: dict, size: int) -> dict:
+    import cv2
+
+    from ..data.decode import decode_image
+    from ..data.sources import read_bytes
+
+    cv2.setNumThreads(1)
+    imgs = [cv2.resize(decode_image(read_bytes(str(p)), 10**9), (size, size), interpolation=cv2.INTER_AREA)
+            for p in batch["path"]]
+    return {"image": np.stack(imgs), "label": batch["label"], "idx": batch["idx"], "fold": batch["fold"]}
+
+
+def fit_fold(cfg_json: dict, fold: int, train, val, meta: dict) -> dict:
+    """One fold: a Ray Train run; returns the held-out predictions (runs inside a Ray task)."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    import ray
+
+    from ..training.finetune_loop import finetune_loop_per_worker
+
+    cfg = Config.model_validate(cfg_json)
+    ft = cfg.finetune
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    use_gpu = ft.use_gpu if ft.use_gpu is not None else gpus > 0
+    with tempfile.TemporaryDirectory() as pred_dir:
+        trainer = TorchTrainer(
+            finetune_loop_per_worker,
+            train_loop_config={"cfg": cfg_json, "pred_dir": pred_dir, "train_rows": meta["train_rows"][fold],
+                               "num_classes": meta["num_classes"], "class_counts": meta["class_counts"],
+                               "tracking_uri": meta["tracking_uri"], "mlflow_run_id": meta["fold_runs"][fold]},
+            scaling_config=ScalingConfig(num_workers=ft.num_workers, use_gpu=use_gpu,
+                                         resources_per_worker=None if use_gpu else {"CPU": meta["cpus_per_worker"]}),
+            run_config=RunConfig(name=f"{meta['name']}-fold{fold}", storage_path=meta["storage"]),
+            datasets={"train": train, "val": val},
+        )
+        trainer.fit()
+        parts = [np.load(p) for p in sorted(Path(pred_dir).glob("rank_*.npz"))]
+        idx = np.concatenate([p["idx"] for p in parts])
+        probs = np.concatenate([p["probs"] for p in parts if p["probs"].size])
+        return {"fold": fold, "idx": idx, "probs": probs, "loss": parts[0]["loss"].tolist()}
+
+
+def run_finetune(labelled: str | Path, out: str | Path, cfg: Config, folds_file: Optional[str | Path] = None,
+                 name: Optional[str] = None, storage: Optional[str] = None, overwrite: bool = False) -> dict:
+    """k-fold fine-tuning of ``cfg.finetune`` on the labelled set; returns the metrics record."""
+    import mlflow
+    import ray
+
+    from ..tracking import tracking_uri
+
+    ft, ev = cfg.finetune, cfg.evaluate
+    pairs = list_labelled(labelled)
+    base = Path(labelled) if Path(labelled).is_dir() else Path(labelled).parent
+    ids = [str(p.relative_to(base)) if p.is_relative_to(base) else str(p) for p, _ in pairs]
+    labels = [lab for _, lab in pairs]
+    classes = class_order(labels)
+    if folds_file:
+        folds = load_folds(folds_file)
+        missing = set(ids) - set(folds)
+        if missing:
+            raise ValueError(f"{folds_file} has no fold for {len(missing)} samples (e.g. {sorted(missing)[:3]}); "
+                             "it was made for another labelled set")
+    else:
+        folds = assign_folds(ids, labels, ev.folds, ev.seed)
+    k = max(folds.values()) + 1
+    y = np.array([classes.index(lab) for lab in labels])
+    items = [{"path": str(p), "label": int(y[i]), "idx": i, "fold": folds[ids[i]]} for i, (p, _) in enumerate(pairs)]
+    ds = ray.data.from_items(items, override_num_blocks=min(len(items), 16))
+    ds = ds.map_batches(load_resize, fn_kwargs={"size": int(round(ft.image_size * 1.15))}).materialize()
+    name = name or f"finetune-{cfg.finetune.digest()[:8]}"
+    storage = storage or str((Path(cfg.run.work_dir) / "ray_results").resolve())
+    counts = np.bincount(y, minlength=len(classes))
+    cpus = max(int(ray.cluster_resources().get("CPU", 1)), 1)
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    per_fold = ft.num_workers
+    parallel = ft.parallel_folds or max(1, (gpus if gpus else cpus) // per_fold)
+    cpus_per_worker = max(1, cpus // (parallel * per_fold)) if not gpus else 1
+    with staged_output(out, overwrite) as stage, mlflow.start_run(
+        run_name=name, nested=mlflow.active_run() is not None) as parent:
+        mlflow.log_params({**{f"finetune.{a}": b for a, b in flatten(ft).items()}, "folds": k,
+                           "folds_digest": folds_digest(folds), "samples": len(ids)})
+        fold_runs = []
+        for f in range(k):
+            with mlflow.start_run(run_name=f"{name}-fold{f}", nested=True) as r:
+                fold_runs.append(r.info.run_id)
+        meta = {"train_rows": [int(sum(1 for i in ids if folds[i] != f)) for f in range(k)],
+                "num_classes": len(classes), "class_counts": counts.tolist(), "tracking_uri": tracking_uri(cfg.run.work_dir),
+                "fold_runs": fold_runs, "name": name, "storage": storage, "cpus_per_worker": cpus_per_worker}
+        task = ray.remote(num_cpus=0)(fit_fold)
+        cfg_json = cfg.model_dump(mode="json")
+        pending, results = [], []
+        from ray.data.expressions import col
+
+        for f in range(k):  # materialised here: no data task may wait for CPUs the trainers hold
+            train = ds.filter(expr=col("fold") != f).select_columns(["image", "label"]).materialize()
+            val = ds.filter(expr=col("fold") == f).select_columns(["image", "idx"]).materialize()
+            pending.append(task.remote(cfg_json, f, train, val, meta))
+            if len(pending) >= parallel:
+                done, pending = ray.wait(pending, num_returns=1)
+                results += ray.get(done)
+        results += ray.get(pending)
+        record = assemble(results, y, ids, folds, classes, counts, ev)
+        save_folds(folds, stage / "folds.json", {"k": k, "seed": ev.seed, "labelled": str(labelled)})
+        write_predictions(stage / "predictions.parquet", results, ids, y, classes)
+        record.update({"name": name, "init": ft.init, "backbone": ft.backbone, "mlflow_run_id": parent.info.run_id,
+                       "folds_digest": folds_digest(folds)})
+        (stage / "metrics.json").write_text(json.dumps(record, indent=2))
+        save_config(cfg, stage)
+        for f, res in enumerate(sorted(results, key=lambda r: r["fold"])):
+            m = record["folds"][f]
+            with mlflow.start_run(run_id=fold_runs[f], nested=True):
+                mlflow.log_metrics({"accuracy": m["accuracy"], "pr_auc": m["pr_auc"], "f1": m["f1"]})
+        s = record["summary"]
+        mlflow.log_metrics({f"{key}_mean": s[key]["mean"] for key in ("accuracy", "pr_auc", "f1")})
+        mlflow.log_metrics({f"{key}_std": s[key]["std"] for key in ("accuracy", "pr_auc", "f1")})
+        for f in ("metrics.json", "folds.json", "config.yaml"):
+            mlflow.log_artifact(str(stage / f))
+    return record
+
+
+def assemble(results: list[dict], y: np.ndarray, ids: list[str], folds: dict, classes: list[str],
+             counts: np.ndarray, ev) -> dict:
+    per_fold = []
+    for res in sorted(results, key=lambda r: r["fold"]):
+        order = np.argsort(res["idx"])
+        idx, probs = res["idx"][order], res["probs"][order]
+        expected = sorted(i for i, s in enumerate(ids) if folds[s] == res["fold"])
+        if idx.tolist() != expected:
+            raise RuntimeError(f"fold {res['fold']}: predictions cover {len(idx)} of {len(expected)} held-out samples")
+        per_fold.append({"fold": res["fold"], **fold_metrics(y[idx], probs, classes), "train_loss": res["loss"]})
+    return {"classes": classes, "class_counts": dict(zip(classes, counts.tolist())),
+            "class_groups": class_groups(dict(zip(classes, counts.tolist())), ev.rare_share, ev.common_share),
+            "folds": per_fold, "summary": summarise(per_fold, classes)}
+
+
+def write_predictions(path: Path, results: list[dict], ids: list[str], y: np.ndarray, classes: list[str]) -> None:
+    rows = {"id": [], "label": [], "fold": [], **{f"p_{c}": [] for c in classes}}
+    for res in results:
+        for i, p in zip(res["idx"], res["probs"]):
+            rows["id"].append(ids[i])
+            rows["label"].append(classes[y[i]])
+            rows["fold"].append(res["fold"])
+            for c, v in zip(classes, p):
+                rows[f"p_{c}"].append(float(v))
+    pq.write_table(pa.table(rows), path)
