@@ -11,6 +11,7 @@
     activessf pretrain --regions DIR --selection DIR --out DIR [--name RUN] [--set pretrain.method=mocov3]
     activessf finetune --labelled DIR --out DIR [--init ENCODER_DIR] [--folds folds.json]
     activessf compare RUN_A RUN_B            paired t-tests over the same folds
+    activessf ablation --labelled DIR --regions DIR --selection DIR --fields DIR --out DIR
     activessf config [--section filter]     print the resolved configuration
 
 Every command takes ``--config FILE``, ``--preset NAME`` and repeated
@@ -292,6 +293,31 @@ def run_compare(args) -> int:
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     print(format_comparison(result))
+    return 0
+
+
+def _ablation_args(p):
+    p.add_argument("--labelled", required=True, type=Path, help="labelled cells (ImageFolder or CSV)")
+    p.add_argument("--regions", required=True, type=Path, help="filter output")
+    p.add_argument("--selection", required=True, type=Path, help="select output")
+    p.add_argument("--fields", required=True, help="smear images (for the no-filter row)")
+    p.add_argument("--methods", default="mae", help="comma-separated SSL methods (mae, mocov3)")
+    add_output_args(p)
+
+
+@command("ablation")(_ablation_args)
+def run_ablation_cmd(args) -> int:
+    """The paper's Table III grid (and Table II rows) on identical folds, with the report."""
+    from .evaluation.report import format_table2
+    from .stages.ablation import run_ablation
+    from .tracking import init_mlflow
+
+    cfg = start_stage(args)
+    init_mlflow(cfg.run.work_dir, cfg.run.experiment)
+    res = run_ablation(args.out, cfg, args.labelled, args.regions, args.selection, args.fields,
+                       [m for m in args.methods.split(",") if m], args.overwrite)
+    print(format_table2(res["runs"], res["pairs"], cfg.evaluate.significance))
+    print(f"report: {args.out}/report.html (and report.md)")
     return 0
 
 

@@ -237,8 +237,8 @@ class PretrainConfig(Section):
     moco_mlp_dim: int = Field(4096, ge=8, description="MoCo v3 projector/predictor hidden dim")
     moco_temperature: float = Field(0.2, gt=0, le=10, description="MoCo v3 temperature T")
     moco_momentum: float = Field(0.99, ge=0, le=1, description="MoCo v3 EMA momentum at the start (cosine to 1)")
-    source: Literal["selected", "filtered", "all"] = Field(
-        "selected", description="selected regions (ActiveSSF), all filtered regions, or raw fields"
+    source: Literal["selected", "filtered", "fields"] = Field(
+        "selected", description="selected regions (ActiveSSF), all filtered regions, or random crops of raw fields"
     )
     epochs: int = Field(400, ge=1, description="paper: 400")
     warmup_epochs: int = Field(5, ge=0, description="paper: 5")

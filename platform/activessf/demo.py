@@ -72,6 +72,9 @@ def format_stages(stages: dict) -> list[str]:
                   f"{r['mlflow_run_id'][:8]})"]
         recon = sorted(Path(stages["pretrain"]["output"]).glob("reconstructions/*.png"))
         lines += [f"reconstructions (originals / masked / reconstructed): {recon[-1]}" if recon else "", ""]
+    if "finetune" in stages:
+        lines += ["Stage 5, fine-tuning and evaluation (Table II; tiny models, few epochs: plumbing, not accuracy):",
+                  stages["finetune"]["table2"], f"report: {stages['finetune']['report']}", ""]
     return lines
 
 
@@ -109,6 +112,7 @@ def run_demo(cfg: Config, progress: bool = True) -> dict:
         stages = {"filter": filter_stage(cfg, data_dir, work / "regions")}
         stages["select"] = select_stage(cfg, data_dir, work)
         stages["pretrain"] = pretrain_stage(cfg, work)
+        stages["finetune"] = finetune_stage(cfg, data_dir, work)
         run_id = run.info.run_id
     shutdown_ray()
 
@@ -164,6 +168,27 @@ def pretrain_stage(cfg: Config, work: Path) -> dict:
                           name=f"demo-{cfg.pretrain.method}-{cfg.pretrain.digest()[:8]}",
                           storage=str(work / "ray_results"), overwrite=True)
     return {"output": str(work / "encoder"), "record": record}
+
+
+def finetune_stage(cfg: Config, data_dir: Path, work: Path) -> dict:
+    """Stage 5: the same ViT fine-tuned from scratch and from the stage-4 encoder, same folds; Table II."""
+    from .config import apply_overrides, build_config
+    from .evaluation.report import format_table2, write_report
+    from .stages.ablation import vit_overrides
+    from .stages.finetune import run_finetune
+
+    base = cfg.model_dump(mode="json")
+    runs = {}
+    scratch = build_config(apply_overrides(base, vit_overrides(cfg)))
+    runs["ViT (scratch)"] = run_finetune(data_dir / "labelled", work / "finetune" / "vit", scratch,
+                                         name="demo-vit", overwrite=True)
+    tuned = build_config(apply_overrides(base, vit_overrides(cfg) + [f"finetune.init={work / 'encoder'}"]))
+    runs["MAE + CRF + ASS"] = run_finetune(data_dir / "labelled", work / "finetune" / "mae_selected", tuned,
+                                           folds_file=work / "finetune" / "vit" / "folds.json",
+                                           name="demo-mae-selected", overwrite=True)
+    pairs = {"MAE + CRF + ASS": "ViT (scratch)"}
+    paths = write_report(runs, work / "report", "ActiveSSF demo", pairs, level=cfg.evaluate.significance)
+    return {"table2": format_table2(runs, pairs, cfg.evaluate.significance), "report": str(paths["html"])}
 
 
 def format_summary(summary: dict) -> str:

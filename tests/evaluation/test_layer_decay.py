@@ -1,0 +1,42 @@
+"""Layer-wise lr decay: each ViT block and each ResNet stage gets decay ** (distance from the head)."""
+
+import pytest
+
+from activessf.config import FinetuneConfig
+from activessf.finetune.model import build_classifier, layer_decay_groups
+
+VIT = dict(img_size=32, patch_size=8, embed_dim=64, depth=3, num_heads=2)
+
+
+def scales(model, decay=0.75):
+    out = {}
+    for g in layer_decay_groups(model, 0.05, decay):
+        for n in g["names"]:
+            out[n] = g["lr_scale"]
+    return out
+
+
+def test_vit_scales_by_block_depth():
+    model, info = build_classifier(FinetuneConfig(backbone="vit_tiny_patch16_224", backbone_kwargs=VIT), 5)
+    s = scales(model)
+    # embeddings are layer 0, block i is layer i + 1, the head is layer depth + 1 = 4
+    assert s["patch_embed.proj.weight"] == pytest.approx(0.75**4) and s["cls_token"] == pytest.approx(0.75**4)
+    for i in range(3):
+        assert s[f"blocks.{i}.attn.qkv.weight"] == pytest.approx(0.75 ** (3 - i))
+    assert s["head.weight"] == 1.0 and info["num_classes"] == 5
+
+
+def test_resnet_scales_by_stage():
+    model, _ = build_classifier(FinetuneConfig(backbone="resnet18", drop_path=0.0), 4)
+    s = scales(model, 0.5)
+    assert s["conv1.weight"] == pytest.approx(0.5**5)
+    for stage in range(1, 5):
+        assert s[f"layer{stage}.0.conv1.weight"] == pytest.approx(0.5 ** (5 - stage))
+    assert s["fc.weight"] == 1.0
+
+
+def test_no_weight_decay_on_biases_and_norms():
+    model, _ = build_classifier(FinetuneConfig(backbone="vit_tiny_patch16_224", backbone_kwargs=VIT), 3)
+    wd = {n: g["weight_decay"] for g in layer_decay_groups(model, 0.05, 0.75) for n in g["names"]}
+    assert wd["blocks.0.attn.qkv.weight"] == 0.05 and wd["blocks.0.attn.qkv.bias"] == 0.0
+    assert wd["blocks.0.norm1.weight"] == 0.0 and wd["pos_embed"] == 0.0
