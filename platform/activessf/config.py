@@ -226,8 +226,8 @@ class SelectConfig(Section):
 
 class PretrainConfig(Section):
     method: str = Field("mae", min_length=1, description="SSL method from the registry")
-    model: Literal["micro", "tiny", "small", "base", "large"] = Field(
-        "base", description="ViT size (micro: tests and CPU demos)"
+    model: Literal["micro", "mini", "tiny", "small", "base", "large"] = Field(
+        "base", description="ViT size (micro: tests and CPU demos; mini: CPU experiments)"
     )
     image_size: int = Field(224, ge=16, le=1024, description="input size")
     patch_size: int = Field(16, ge=2, le=64, description="ViT patch size")

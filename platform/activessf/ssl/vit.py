@@ -21,6 +21,7 @@ class ViTSize:
 
 SIZES: dict[str, ViTSize] = {
     "micro": ViTSize(64, 2, 2, 32, 1, 2, "vit_tiny_patch16_224"),  # tests and CPU demos
+    "mini": ViTSize(128, 4, 4, 64, 1, 4, "vit_tiny_patch16_224"),  # CPU experiments
     "tiny": ViTSize(192, 12, 3, 128, 2, 4, "vit_tiny_patch16_224"),
     "small": ViTSize(384, 12, 6, 256, 4, 8, "vit_small_patch16_224"),
     "base": ViTSize(768, 12, 12, 512, 8, 16, "vit_base_patch16_224"),
