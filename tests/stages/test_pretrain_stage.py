@@ -29,6 +29,10 @@ def regions(ray_cluster, tmp_path_factory):
     return root
 
 
+# what each method needs besides TINY: ConvMAE's patch is 16 px, MixMIM's 32 px (and mixing needs >= 2 blocks)
+METHOD = {"mae": [], "mocov3": [], "convmae": [], "mixmim": ["pretrain.image_size=64"]}
+
+
 def config(root, *extra):
     return load_config(overrides=TINY + [f"run.work_dir={root / 'work'}", *extra])
 
@@ -46,7 +50,7 @@ def test_two_gloo_workers_train_and_export_a_timm_encoder(regions, tmp_path, mlf
     import mlflow
     import timm
 
-    cfg = config(tmp_path, f"pretrain.method={method}")
+    cfg = config(tmp_path, f"pretrain.method={method}", *METHOD[method])
     rec = run_pretrain(tmp_path / "enc", cfg, regions=regions / "regions", name=f"t-{method}")
     assert rec["epochs"] == 3 and rec["rows"] > 8 and np.isfinite(rec["final_loss"])
     history = json.loads((tmp_path / "enc" / "history.json").read_text())
@@ -72,10 +76,15 @@ def test_selected_regions_only(regions, tmp_path, mlflow_store):
     assert rec["rows"] == (len(ids) + 1) // 2
 
 
-def test_rerun_with_the_same_name_resumes_at_the_right_epoch(regions, tmp_path, mlflow_store):
+@pytest.mark.parametrize("method", ["mae", "convmae", "mixmim"])
+def test_rerun_with_the_same_name_resumes_at_the_right_epoch(regions, tmp_path, mlflow_store, method):
+    """Also the 2-worker run of ConvMAE and MixMIM, and their encoders loading into a classifier."""
     from ray.train import TrainingFailedError
 
-    cfg = config(tmp_path, "pretrain.epochs=4")
+    from activessf.config import FinetuneConfig
+    from activessf.finetune.model import build_classifier
+
+    cfg = config(tmp_path, "pretrain.epochs=4", f"pretrain.method={method}", *METHOD[method])
     with pytest.raises(TrainingFailedError):  # killed after the checkpoint of epoch 2, no retries
         run_pretrain(tmp_path / "a", cfg, regions=regions / "regions", name="resume", max_failures=0,
                      test_hooks={"fail_at_epoch": 2})
@@ -86,7 +95,11 @@ def test_rerun_with_the_same_name_resumes_at_the_right_epoch(regions, tmp_path, 
     assert rec["epochs"] == 4
     assert rec["resumed"] == {"epoch": 2, "optimizer_digest": saved["optimizer_digest"]}
     history = json.loads((tmp_path / "b" / "history.json").read_text())
-    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4] and all(np.isfinite(h["loss"]) for h in history)
+    model, info = build_classifier(FinetuneConfig(init=str(tmp_path / "b")), 5)  # the encoder, a fresh head
+    assert info["init"] == "pretrained" and info["method"] == method and info["timm_name"] == rec["timm_name"]
+    size = cfg.pretrain.image_size
+    assert model.eval()(torch.rand(2, 3, size, size)).shape == (2, 5)
 
 
 def test_a_dead_worker_is_restarted_and_the_run_completes(regions, tmp_path, mlflow_store):

@@ -4,12 +4,12 @@
     out = method([view1, view2])                 # views: (B, 3, H, W) each, as many as method.views
     out.loss.backward()
     method.after_step(progress)                  # e.g. MoCo's momentum schedule; progress in [0, 1]
-    state = method.export_encoder()              # a timm ``vit_*`` state dict
+    state = method.export_encoder()              # a state dict of a timm model: method.encoder_spec(cfg)
 
 Adding a method is one module with ``@register_method("name")``; nothing else changes.
 """
 
-from .base import METHODS, SSLMethod, SSLOutput, build_method, register_method
-from . import mae, mocov3  # noqa: F401  (register the methods)
+from .base import METHODS, SSLMethod, SSLOutput, build_method, method_class, register_method
+from . import convmae, mae, mixmim, mocov3  # noqa: F401  (register the methods)
 
-__all__ = ["METHODS", "SSLMethod", "SSLOutput", "build_method", "register_method"]
+__all__ = ["METHODS", "SSLMethod", "SSLOutput", "build_method", "method_class", "register_method"]

@@ -1,4 +1,4 @@
-"""The methods' augmentations, on batches of uint8 tensors (N, 3, S, S), on the training device."""
+"""The methods' augmentations and the classifier's views, on uint8 tensors (N, 3, S, S) or (3, S, S)."""
 
 from __future__ import annotations
 
@@ -35,6 +35,17 @@ def moco_views(size: int) -> tuple[v2.Compose, v2.Compose]:
         ])
 
     return view(1.0, 0.0), view(0.1, 0.2)
+
+
+def classifier_view(size: int) -> v2.Compose:
+    """Fine-tuning augmentation: random resized crop (scale 0.5-1) and flips."""
+    return v2.Compose(_common(size, (0.5, 1.0)) + [v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
+
+
+def eval_view(size: int) -> v2.Compose:
+    """Evaluation and serving: resize to ``size`` x ``size`` and normalise (uint8 (3, H, W) in)."""
+    return v2.Compose([v2.Resize((size, size), antialias=True), v2.ToDtype(torch.float32, scale=True),
+                       v2.Normalize(MEAN, STD)])
 
 
 def make_views(method, size: int):

@@ -36,6 +36,16 @@ class SSLMethod(nn.Module):
         """The encoder's weights in the layout of a timm model of the same architecture."""
         return {k: v.detach().cpu().clone() for k, v in self.encoder().state_dict().items()}
 
+    @classmethod
+    def encoder_spec(cls, cfg: PretrainConfig) -> dict:  # pragma: no cover - abstract
+        """How to rebuild the exported encoder: ``{"timm_name": str, "timm_kwargs": dict}`` such that
+        ``timm.create_model(timm_name, num_classes=0, **timm_kwargs)`` loads ``export_encoder()`` strictly."""
+        raise NotImplementedError
+
+    @classmethod
+    def check_config(cls, cfg: PretrainConfig, per_worker_batch: int) -> None:
+        """Raise ValueError, saying how to fix it, if this method cannot train with ``cfg``."""
+
     def after_step(self, progress: float) -> None:
         """Called after every optimiser step with training progress in [0, 1]."""
 
@@ -53,7 +63,14 @@ def register_method(name: str):
     return wrap
 
 
-def build_method(cfg: PretrainConfig) -> SSLMethod:
+def method_class(cfg: PretrainConfig, per_worker_batch: int | None = None) -> type[SSLMethod]:
+    """The registered class of ``cfg.method``, after its checks of ``cfg`` (before any training starts)."""
     if cfg.method not in METHODS:
-        raise ValueError(f"unknown SSL method {cfg.method!r}; registered: {', '.join(sorted(METHODS))}")
-    return METHODS[cfg.method](cfg)
+        raise ValueError(f"unknown SSL method {cfg.method!r} (pretrain.method); registered: {', '.join(sorted(METHODS))}")
+    cls = METHODS[cfg.method]
+    cls.check_config(cfg, cfg.batch_size if per_worker_batch is None else per_worker_batch)
+    return cls
+
+
+def build_method(cfg: PretrainConfig) -> SSLMethod:
+    return method_class(cfg)(cfg)

@@ -3,7 +3,8 @@
 Follows facebookresearch/mae: ``forward`` = ``forward_encoder`` ->
 ``forward_decoder`` -> ``forward_loss``; masking by argsort of uniform noise;
 fixed 2-D sin-cos position embeddings; loss on masked patches only, on
-per-patch normalised pixels when ``norm_pix_loss``. The encoder is a timm
+per-patch normalised pixels when ``norm_pix_loss`` (ssl/patches.py, shared
+with ConvMAE and MixMIM). The encoder is a timm
 VisionTransformer, so its state dict loads into ``timm.create_model('vit_*')``.
 """
 
@@ -17,7 +18,8 @@ from torch import nn
 
 from ..config import PretrainConfig
 from .base import SSLMethod, SSLOutput, register_method
-from .vit import SIZES, build_vit, sincos_2d
+from .patches import PixelPatches
+from .vit import SIZES, build_vit, sincos_2d, vit_spec
 
 
 def random_masking(x: torch.Tensor, mask_ratio: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -38,7 +40,7 @@ def random_masking(x: torch.Tensor, mask_ratio: float) -> tuple[torch.Tensor, to
 
 
 @register_method("mae")
-class MAE(SSLMethod):
+class MAE(PixelPatches, SSLMethod):
     views = 1
 
     def __init__(self, cfg: PretrainConfig):
@@ -59,26 +61,15 @@ class MAE(SSLMethod):
             torch.nn.init.xavier_uniform_(m.weight)
             nn.init.zeros_(m.bias)
 
+    @classmethod
+    def encoder_spec(cls, cfg: PretrainConfig) -> dict:
+        return vit_spec(cfg)
+
     def encoder(self) -> nn.Module:
         return self.vit
 
     def no_weight_decay(self) -> set[str]:
         return {"vit.cls_token", "mask_token"}
-
-    # ---------------------------------------------------------------- patches
-    def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) -> (N, L, p*p*3)."""
-        p = self.patch
-        n, c, h, w = imgs.shape
-        x = imgs.reshape(n, c, h // p, p, w // p, p)
-        return torch.einsum("nchpwq->nhwpqc", x).reshape(n, (h // p) * (w // p), p * p * c)
-
-    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, L, p*p*3) -> (N, 3, H, W)."""
-        p = self.patch
-        g = int(x.shape[1] ** 0.5)
-        x = x.reshape(x.shape[0], g, g, p, p, 3)
-        return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], 3, g * p, g * p)
 
     # ---------------------------------------------------------------- model
     def forward_encoder(self, imgs: torch.Tensor, mask_ratio: float):
@@ -101,25 +92,8 @@ class MAE(SSLMethod):
             x = blk(x)
         return self.decoder_pred(self.decoder_norm(x))[:, 1:, :]  # (N, L, p*p*3), no cls
 
-    def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        target = self.patchify(imgs)
-        if self.norm_pix_loss:
-            mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
-            target = (target - mean) / (var + 1e-6) ** 0.5
-        loss = ((pred - target) ** 2).mean(dim=-1)  # (N, L) per patch
-        return (loss * mask).sum() / mask.sum()  # masked patches only
-
     def forward(self, views: Sequence[torch.Tensor]) -> SSLOutput:
         imgs = views[0]
         latent, mask, ids_restore = self.forward_encoder(imgs, self.mask_ratio)
         pred = self.forward_decoder(latent, ids_restore)
         return SSLOutput(self.forward_loss(imgs, pred, mask), {"images": imgs, "pred": pred, "mask": mask})
-
-    @torch.no_grad()
-    def reconstruction(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """(masked input, reconstruction with visible patches pasted back), in input pixel space."""
-        target = self.patchify(imgs)
-        if self.norm_pix_loss:  # undo the per-patch normalisation with the target's statistics
-            pred = pred * (target.var(dim=-1, keepdim=True) + 1e-6) ** 0.5 + target.mean(dim=-1, keepdim=True)
-        m = mask.unsqueeze(-1)
-        return self.unpatchify(target * (1 - m)), self.unpatchify(target * (1 - m) + pred * m)

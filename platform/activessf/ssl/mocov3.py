@@ -20,7 +20,7 @@ from torch import nn
 
 from ..config import PretrainConfig
 from .base import SSLMethod, SSLOutput, register_method
-from .vit import SIZES, build_vit
+from .vit import SIZES, build_vit, vit_spec
 
 
 def mlp(layers: int, dim_in: int, hidden: int, dim_out: int, last_bn: bool = True) -> nn.Sequential:
@@ -68,6 +68,10 @@ class MoCoV3(SSLMethod):
         self.momentum_projector = copy.deepcopy(self.projector)
         for p in list(self.momentum_base.parameters()) + list(self.momentum_projector.parameters()):
             p.requires_grad_(False)
+
+    @classmethod
+    def encoder_spec(cls, cfg: PretrainConfig) -> dict:
+        return vit_spec(cfg)
 
     def encoder(self) -> nn.Module:
         return self.base

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
+
+from ..models.posembed import sincos_2d
 
 
 @dataclass(frozen=True)
@@ -29,20 +30,12 @@ SIZES: dict[str, ViTSize] = {
 }
 
 
-def sincos_2d(dim: int, grid: int, cls_token: bool = True) -> torch.Tensor:
-    """MAE's fixed 2-D sine-cosine position embedding: (1, grid*grid [+1], dim)."""
-    assert dim % 4 == 0, "embedding dim must be divisible by 4"
-    omega = 1.0 / 10000 ** (np.arange(dim // 4, dtype=np.float64) / (dim / 4.0))
-    ys, xs = np.meshgrid(np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64), indexing="ij")
-
-    def one(pos):  # (M,) -> (M, dim/2)
-        out = np.einsum("m,d->md", pos.reshape(-1), omega)
-        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
-
-    emb = np.concatenate([one(xs), one(ys)], axis=1)  # (grid*grid, dim)
-    if cls_token:
-        emb = np.concatenate([np.zeros((1, dim)), emb], axis=0)
-    return torch.from_numpy(emb).float().unsqueeze(0)
+def vit_spec(cfg) -> dict:
+    """The timm ViT that a ``build_vit`` encoder of ``cfg`` (a PretrainConfig) loads into."""
+    s = SIZES[cfg.model]
+    return {"timm_name": s.timm_name,
+            "timm_kwargs": {"img_size": cfg.image_size, "patch_size": cfg.patch_size, "embed_dim": s.dim,
+                            "depth": s.depth, "num_heads": s.heads}}
 
 
 def build_vit(size: str, image_size: int, patch_size: int, drop_path: float = 0.0):

@@ -39,14 +39,15 @@ def source_size(image_size: int) -> int:
     return int(round(image_size * 1.15))
 
 
-def decode_resize(batch: dict, size: int) -> dict:
+def decode_resize(batch: dict, size: int, keep: tuple[str, ...] = ()) -> dict:
+    """Ray Data UDF: PNG crops -> uint8 (N, size, size, 3) ``image`` (plus the ``keep`` columns)."""
     import cv2
 
     from ..imageio import decode_png
 
     cv2.setNumThreads(1)
     out = [cv2.resize(decode_png(bytes(c)), (size, size), interpolation=cv2.INTER_AREA) for c in batch["crop"]]
-    return {"image": np.stack(out) if out else np.zeros((0, size, size, 3), np.uint8)}
+    return {**{k: batch[k] for k in keep}, "image": np.stack(out) if out else np.zeros((0, size, size, 3), np.uint8)}
 
 
 def field_crops(batch: dict, size: int, crop: int, per_field: int, seed: int) -> dict:
@@ -99,6 +100,7 @@ def training_images(cfg: Config, regions: Optional[Path], selection: Optional[Pa
 
 
 def scaling(cfg: Config):
+    """Ray Train workers: one per GPU when the cluster has GPUs, else 2 on CPU, or pretrain.num_workers."""
     import ray
     from ray.train import ScalingConfig
 
@@ -132,7 +134,11 @@ def run_pretrain(
     from ..training.loop import train_loop_per_worker
     from ..tracking import tracking_uri
 
+    from ..ssl import method_class
+
     p = cfg.pretrain
+    sc = scaling(cfg)
+    method_class(p, max(p.batch_size // (sc.num_workers * p.accum_steps), 1))  # fails here, not in a worker
     ds = training_images(cfg, Path(regions) if regions else None, Path(selection) if selection else None, fields)
     rows = ds.count()
     if rows < p.batch_size:
@@ -158,7 +164,7 @@ def run_pretrain(
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config=loop_config,
-            scaling_config=scaling(cfg),
+            scaling_config=sc,
             run_config=RunConfig(name=name, storage_path=storage,
                                  checkpoint_config=CheckpointConfig(num_to_keep=p.keep_checkpoints),
                                  failure_config=FailureConfig(max_failures=max_failures)),
@@ -170,15 +176,12 @@ def run_pretrain(
         import torch
 
         from ..features.backbone import file_digest
-        from ..ssl.vit import SIZES
+        from ..ssl import METHODS
 
         torch.save(state["encoder"], stage / "encoder.pt")
-        s = SIZES[p.model]
         record = {
             "method": p.method, "model": p.model, "image_size": p.image_size, "patch_size": p.patch_size,
-            "timm_name": s.timm_name,
-            "timm_kwargs": {"img_size": p.image_size, "patch_size": p.patch_size, "embed_dim": s.dim,
-                            "depth": s.depth, "num_heads": s.heads},
+            **METHODS[p.method].encoder_spec(p),
             "source": p.source, "rows": rows, "epochs": state["epoch"], "run_name": name, "storage": storage,
             "final_loss": state["history"][-1]["loss"] if state["history"] else None,
             "skipped_steps": state["guard"]["skipped"], "rollbacks": state["guard"]["rollbacks"],
