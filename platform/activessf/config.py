@@ -231,7 +231,8 @@ class PretrainConfig(Section):
     )
     image_size: int = Field(224, ge=16, le=1024, description="input size")
     patch_size: int = Field(16, ge=2, le=64, description="ViT patch size")
-    mask_ratio: float = Field(0.75, gt=0, lt=1, description="MAE mask ratio")
+    mask_ratio: float = Field(0.75, gt=0, lt=1, description="MAE and ConvMAE mask ratio")
+    mixmim_mask_ratio: float = Field(0.5, gt=0, lt=1, description="MixMIM mask ratio (its paper: 0.5)")
     norm_pix_loss: bool = Field(True, description="MAE loss on per-patch normalised pixels")
     moco_dim: int = Field(256, ge=8, description="MoCo v3 output dim")
     moco_mlp_dim: int = Field(4096, ge=8, description="MoCo v3 projector/predictor hidden dim")
@@ -284,6 +285,9 @@ class FinetuneConfig(Section):
     use_gpu: Optional[bool] = Field(None, description="None = use GPUs when the cluster has them")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="as pretrain.precision")
     parallel_folds: Optional[int] = Field(None, ge=1, description="folds trained at once (None = fit the cluster)")
+    final_fit: bool = Field(
+        False, description="after cross-validation, train once on every sample and save it as OUT/model (to register)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "FinetuneConfig":
@@ -301,17 +305,30 @@ class EvaluateConfig(Section):
 
 
 class SweepConfig(Section):
-    num_samples: int = Field(8, ge=1, description="trials")
-    max_concurrent_trials: Optional[int] = Field(None, ge=1, description="None = fit the cluster")
-    grace_period: int = Field(1, ge=1, description="ASHA: epochs before a trial can be stopped")
-    pretrain_epochs: int = Field(2, ge=1, description="epochs of pretraining per trial")
+    """``activessf sweep`` (Ray Tune): trials, early stopping and the objective."""
+
+    num_samples: int = Field(8, ge=1, description="trials (times every grid combination)")
+    max_concurrent_trials: Optional[int] = Field(None, ge=1, description="None = as many as the cluster holds")
+    grace_period: int = Field(1, ge=1, description="ASHA: epochs a selection trial runs before it can be stopped")
+    reduction_factor: int = Field(2, ge=2, description="ASHA: keep the best 1/r of trials at each rung")
+    pretrain_epochs: int = Field(2, ge=1, description="epochs of pretraining per selection trial")
+    num_workers: int = Field(1, ge=1, description="Ray Train workers per selection trial")
+    probe: Literal["linear", "knn"] = Field("linear", description="objective of a selection trial: probe kind")
+    probe_fold: int = Field(0, ge=0, description="which evaluate.folds fold the probe holds out")
+    iou: float = Field(0.3, gt=0, le=1, description="filter sweeps: IoU at which a region matches a box")
+    filter_images: Optional[int] = Field(None, ge=1, description="filter sweeps: score on this many images (None = all)")
+    seed: int = Field(0, ge=0, description="search seed")
 
 
 class RegisterConfig(Section):
-    model_name: str = Field("activessf-classifier", min_length=1, description="registered model")
+    """``activessf register`` and the served model."""
+
+    model_name: str = Field("activessf-classifier", min_length=1, description="registered model name")
     alias: str = Field("champion", min_length=1, description="alias moved on promotion")
-    p_value: float = Field(0.05, gt=0, lt=1, description="promotion needs p below this")
-    max_image_pixels: int = Field(25_000_000, ge=1, description="served images above this are refused")
+    p_value: float = Field(0.05, gt=0, lt=1, description="promotion needs a gain with paired t-test p below this")
+    max_image_pixels: int = Field(25_000_000, ge=1, description="served images above this are refused (from the header)")
+    max_image_bytes: int = Field(20_000_000, ge=1, description="served files above this are refused")
+    max_images: int = Field(64, ge=1, description="images per request at most")
 
 
 # pydantic warns that the field `register` shadows ABCMeta.register on the class;

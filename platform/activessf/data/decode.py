@@ -48,14 +48,17 @@ def probe(data: bytes):
         raise BadImage(f"not a readable image header: {exc}", "not_image") from None
 
 
-def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
-    """Upright RGB uint8 (H, W, 3) from encoded bytes, or BadImage with the reason."""
+def decode_image(data: bytes, max_pixels: int, setting: str = "filter.max_pixels") -> np.ndarray:
+    """Upright RGB uint8 (H, W, 3) from encoded bytes, or BadImage with the reason.
+
+    ``setting`` names the configuration value that sets ``max_pixels`` (for the message).
+    """
     img = probe(data)
     w, h = img.size
     if w * h > max_pixels:
         raise BadImage(
             f"image is {w}x{h} = {w * h / 1e6:.1f} MP, above the limit of {max_pixels / 1e6:.1f} MP "
-            "(raise filter.max_pixels if this is a real smear)",
+            f"(raise {setting} if this is a real smear)",
             "too_large",
         )
     if img.mode in _GREY_MODES or (img.mode == "P" and _palette_is_grey(img)):

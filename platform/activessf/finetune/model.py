@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .. import models  # noqa: F401  (registers our encoder architectures with timm)
 from ..config import FinetuneConfig
 from ..features.backbone import WeightsError, file_digest, read_state_dict, resolve_weights
 from ..training.optim import param_groups
@@ -26,10 +27,8 @@ def encoder_record(init: str) -> tuple[dict | None, Path]:
     return (json.loads(record.read_text()) if record.is_file() else None), local
 
 
-def build_classifier(ft: FinetuneConfig, num_classes: int, seed: int = 0) -> tuple[nn.Module, dict]:
-    """timm model with a fresh ``num_classes`` head; weights from ``ft.init`` when given."""
-    import timm
-
+def classifier_spec(ft: FinetuneConfig) -> tuple[str, dict, Path | None, dict]:
+    """(timm name, timm kwargs, weights file or None, provenance) of the classifier ``ft`` describes."""
     name, kwargs, weights, info = ft.backbone, dict(ft.backbone_kwargs), None, {"init": "scratch"}
     if ft.init:
         record, weights = encoder_record(ft.init)
@@ -39,10 +38,22 @@ def build_classifier(ft: FinetuneConfig, num_classes: int, seed: int = 0) -> tup
         else:
             info = {"init": "weights"}
         info["weights_digest"] = file_digest(weights)
-    extra = {"drop_path_rate": ft.drop_path} if "vit" in name or ft.drop_path else {}
+    return name, kwargs, weights, info
+
+
+def create_classifier(name: str, kwargs: dict, num_classes: int, drop_path: float = 0.0, seed: int = 0) -> nn.Module:
+    """A timm model (ours included, see ``activessf.models``) with a fresh ``num_classes`` head, seeded."""
+    import timm
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs, **extra)
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, drop_path_rate=drop_path, **kwargs)
+
+
+def build_classifier(ft: FinetuneConfig, num_classes: int, seed: int = 0) -> tuple[nn.Module, dict]:
+    """timm model with a fresh ``num_classes`` head; weights from ``ft.init`` when given."""
+    name, kwargs, weights, info = classifier_spec(ft)
+    model = create_classifier(name, kwargs, num_classes, ft.drop_path, seed)
     if weights is not None:
         state = read_state_dict(weights)
         missing, unexpected = model.load_state_dict(state, strict=False)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -52,35 +51,45 @@ def load_resize(batch: dict, size: int) -> dict:
     return {"image": np.stack(imgs), "label": batch["label"], "idx": batch["idx"], "fold": batch["fold"]}
 
 
-def fit_fold(cfg_json: dict, fold: int, train, val, meta: dict) -> dict:
-    """One fold: a Ray Train run; returns the held-out predictions (runs inside a Ray task)."""
+def fit_fold(cfg_json: dict, fold: int | str, train, val, meta: dict) -> dict:
+    """One fold (or ``fold="final"``: every sample, no held-out part) as a Ray Train run, inside a Ray task.
+
+    Returns the held-out predictions (and, for the final fit, the model's weights) from the run's
+    last checkpoint, which lives in the run's storage (shared on clusters).
+    """
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     import ray
 
+    from ..training.checkpoint import load_state
     from ..training.finetune_loop import finetune_loop_per_worker
 
     cfg = Config.model_validate(cfg_json)
     ft = cfg.finetune
     gpus = int(ray.cluster_resources().get("GPU", 0))
     use_gpu = ft.use_gpu if ft.use_gpu is not None else gpus > 0
-    with tempfile.TemporaryDirectory() as pred_dir:
-        trainer = TorchTrainer(
-            finetune_loop_per_worker,
-            train_loop_config={"cfg": cfg_json, "pred_dir": pred_dir, "train_rows": meta["train_rows"][fold],
-                               "num_classes": meta["num_classes"], "class_counts": meta["class_counts"],
-                               "tracking_uri": meta["tracking_uri"], "mlflow_run_id": meta["fold_runs"][fold]},
-            scaling_config=ScalingConfig(num_workers=ft.num_workers, use_gpu=use_gpu,
-                                         resources_per_worker=None if use_gpu else {"CPU": meta["cpus_per_worker"]}),
-            run_config=RunConfig(name=f"{meta['name']}-fold{fold}", storage_path=meta["storage"]),
-            datasets={"train": train, "val": val},
-        )
-        trainer.fit()
-        parts = [np.load(p) for p in sorted(Path(pred_dir).glob("rank_*.npz"))]
-        idx = np.concatenate([p["idx"] for p in parts])
-        probs = np.concatenate([p["probs"] for p in parts if p["probs"].size])
-        return {"fold": fold, "idx": idx, "probs": probs, "loss": parts[0]["loss"].tolist()}
+    final = fold == "final"
+    trainer = TorchTrainer(
+        finetune_loop_per_worker,
+        train_loop_config={"cfg": cfg_json, "train_rows": meta["train_rows"][fold],
+                           "num_classes": meta["num_classes"], "class_counts": meta["class_counts"],
+                           "tracking_uri": meta["tracking_uri"], "mlflow_run_id": meta["fold_runs"][fold],
+                           "has_val": not final, "export_model": final},
+        scaling_config=ScalingConfig(num_workers=ft.num_workers, use_gpu=use_gpu,
+                                     resources_per_worker=None if use_gpu else {"CPU": meta["cpus_per_worker"]}),
+        run_config=RunConfig(name=f"{meta['name']}-{'final' if final else f'fold{fold}'}", storage_path=meta["storage"]),
+        datasets={"train": train} if final else {"train": train, "val": val},
+    )
+    result = trainer.fit()
+    with result.checkpoint.as_directory() as d:
+        state = load_state(d)
+    out = {"fold": fold, "loss": state["loss"].tolist()}
+    if final:
+        out["model"] = state["model"]
+    else:
+        out.update(idx=state["idx"].numpy(), probs=state["probs"].numpy())
+    return out
 
 
 def run_finetune(labelled: str | Path, out: str | Path, cfg: Config, folds_file: Optional[str | Path] = None,
@@ -122,11 +131,12 @@ def run_finetune(labelled: str | Path, out: str | Path, cfg: Config, folds_file:
         run_name=name, nested=mlflow.active_run() is not None) as parent:
         mlflow.log_params({**{f"finetune.{a}": b for a, b in flatten(ft).items()}, "folds": k,
                            "folds_digest": folds_digest(folds), "samples": len(ids)})
-        fold_runs = []
-        for f in range(k):
-            with mlflow.start_run(run_name=f"{name}-fold{f}", nested=True) as r:
-                fold_runs.append(r.info.run_id)
-        meta = {"train_rows": [int(sum(1 for i in ids if folds[i] != f)) for f in range(k)],
+        jobs = list(range(k)) + (["final"] if ft.final_fit else [])
+        fold_runs = {}
+        for f in jobs:
+            with mlflow.start_run(run_name=f"{name}-{'final' if f == 'final' else f'fold{f}'}", nested=True) as r:
+                fold_runs[f] = r.info.run_id
+        meta = {"train_rows": {f: int(sum(1 for i in ids if folds[i] != f)) for f in jobs},
                 "num_classes": len(classes), "class_counts": counts.tolist(), "tracking_uri": tracking_uri(cfg.run.work_dir),
                 "fold_runs": fold_runs, "name": name, "storage": storage, "cpus_per_worker": cpus_per_worker}
         task = ray.remote(num_cpus=0)(fit_fold)
@@ -134,19 +144,26 @@ def run_finetune(labelled: str | Path, out: str | Path, cfg: Config, folds_file:
         pending, results = [], []
         from ray.data.expressions import col
 
-        for f in range(k):  # materialised here: no data task may wait for CPUs the trainers hold
-            train = ds.filter(expr=col("fold") != f).select_columns(["image", "label"]).materialize()
-            val = ds.filter(expr=col("fold") == f).select_columns(["image", "idx"]).materialize()
+        for f in jobs:  # materialised here: no data task may wait for CPUs the trainers hold
+            if f == "final":  # every sample, the model that `activessf register` deploys
+                train, val = ds.select_columns(["image", "label"]).materialize(), None
+            else:
+                train = ds.filter(expr=col("fold") != f).select_columns(["image", "label"]).materialize()
+                val = ds.filter(expr=col("fold") == f).select_columns(["image", "idx"]).materialize()
             pending.append(task.remote(cfg_json, f, train, val, meta))
             if len(pending) >= parallel:
                 done, pending = ray.wait(pending, num_returns=1)
                 results += ray.get(done)
         results += ray.get(pending)
+        final = [r for r in results if r["fold"] == "final"]
+        results = [r for r in results if r["fold"] != "final"]
         record = assemble(results, y, ids, folds, classes, counts, ev)
         save_folds(folds, stage / "folds.json", {"k": k, "seed": ev.seed, "labelled": str(labelled)})
         write_predictions(stage / "predictions.parquet", results, ids, y, classes)
         record.update({"name": name, "init": ft.init, "backbone": ft.backbone, "mlflow_run_id": parent.info.run_id,
                        "folds_digest": folds_digest(folds)})
+        if final:
+            record["model"] = save_model(stage / "model", final[0]["model"], ft, classes, record)
         (stage / "metrics.json").write_text(json.dumps(record, indent=2))
         save_config(cfg, stage)
         for f, res in enumerate(sorted(results, key=lambda r: r["fold"])):
@@ -158,7 +175,30 @@ def run_finetune(labelled: str | Path, out: str | Path, cfg: Config, folds_file:
         mlflow.log_metrics({f"{key}_std": s[key]["std"] for key in ("accuracy", "pr_auc", "f1")})
         for f in ("metrics.json", "folds.json", "config.yaml"):
             mlflow.log_artifact(str(stage / f))
+        if final:
+            mlflow.log_artifacts(str(stage / "model"), "model")
     return record
+
+
+def save_model(out: Path, state: dict, ft, classes: list[str], record: dict) -> dict:
+    """The final fit as ``model.pt`` (a state dict) and ``model.json`` (how to rebuild and feed it)."""
+    import torch
+
+    from ..features.backbone import file_digest
+    from ..finetune.model import classifier_spec
+    from ..ssl.augment import MEAN, STD
+
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(state, out / "model.pt")
+    name, kwargs, _, info = classifier_spec(ft)
+    spec = {"timm_name": name, "timm_kwargs": kwargs, "num_classes": len(classes), "classes": classes,
+            "image_size": ft.image_size, "mean": list(MEAN), "std": list(STD), "epochs": ft.epochs, **info,
+            "trained_on": "every labelled sample (after cross-validation)",
+            "folds_digest": record["folds_digest"], "cv_summary": {k: record["summary"][k] for k in
+                                                                  ("accuracy", "pr_auc", "f1")},
+            "model_digest": file_digest(out / "model.pt")}
+    (out / "model.json").write_text(json.dumps(spec, indent=2))
+    return {"path": str(out), "digest": spec["model_digest"]}
 
 
 def assemble(results: list[dict], y: np.ndarray, ids: list[str], folds: dict, classes: list[str],

@@ -2,37 +2,29 @@
 
 Same engine as pretraining (AdamW, per-step warm-up + cosine, AMP on GPU,
 DDP via Ray Train, rank-0 MLflow), with layer-wise lr decay, cross-entropy
-(optionally class-weighted), optional class-balanced sampling, and at the end
-a prediction of the held-out fold written as ``pred_dir/rank_<r>.npz``.
+(optionally class-weighted), optional class-balanced sampling. At the end the
+held-out fold's class probabilities (gathered from every worker) and, for the
+final fit on all samples, the model's weights travel back in the last
+checkpoint, so that nothing depends on a disk the workers and the caller share.
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.transforms import v2
 
 from ..config import Config
-from ..ssl.augment import MEAN, STD
+from ..ssl.augment import classifier_view, eval_view
+from .checkpoint import save_state
 from .loop import ShardFeed, Tracker, amp_settings
 from .schedule import lr_at, scaled_lr, set_lr
 
 log = logging.getLogger(__name__)
-
-
-def train_view(size: int) -> v2.Compose:
-    return v2.Compose([v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True), v2.RandomHorizontalFlip(),
-                       v2.RandomVerticalFlip(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
-
-
-def eval_view(size: int) -> v2.Compose:
-    return v2.Compose([v2.Resize((size, size), antialias=True), v2.ToDtype(torch.float32, scale=True),
-                       v2.Normalize(MEAN, STD)])
 
 
 def finetune_loop_per_worker(config: dict) -> None:
@@ -63,7 +55,7 @@ def finetune_loop_per_worker(config: dict) -> None:
                      seed=cfg.run.seed * 1000 + rank, prefill=True, balance_by="label" if ft.class_balanced else None)
     steps = max(config["train_rows"] // (per_worker * world), 1)
     lr = scaled_lr(ft.base_lr, ft.batch_size)
-    view, tracker = train_view(ft.image_size), Tracker(config.get("tracking_uri"), config.get("mlflow_run_id"), rank)
+    view, tracker = classifier_view(ft.image_size), Tracker(config.get("tracking_uri"), config.get("mlflow_run_id"), rank)
     history = []
     for epoch in range(ft.epochs):
         model.train()
@@ -87,21 +79,42 @@ def finetune_loop_per_worker(config: dict) -> None:
                    "epoch_seconds": time.time() - started}
         history.append(metrics)
         tracker.metrics(metrics, epoch + 1)
-        ray.train.report(metrics)
-    predict(model, ray.train.get_dataset_shard("val"), eval_view(ft.image_size), device,
-            Path(config["pred_dir"]) / f"rank_{rank}.npz", history)
+        if epoch + 1 < ft.epochs:
+            ray.train.report(metrics)
+    result = {"loss": torch.tensor([h["loss"] for h in history])}
+    if config.get("has_val", True):
+        idx, probs = gather(*predict(model, ray.train.get_dataset_shard("val"), eval_view(ft.image_size), device))
+        result.update(idx=torch.from_numpy(idx), probs=torch.from_numpy(probs))
+    if config.get("export_model"):
+        result["model"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = None
+        if rank == 0:
+            save_state(tmp, **result)
+            ckpt = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=ckpt)
 
 
 @torch.no_grad()
-def predict(model, shard, view, device, path: Path, history: list) -> None:
-    """Class probabilities of this worker's share of the held-out fold."""
+def predict(model, shard, view, device) -> tuple[np.ndarray, np.ndarray]:
+    """(sample indices (n,), class probabilities (n, C)) of this worker's share of the held-out fold."""
     model.eval()
     idx, probs = [], []
     for batch in shard.iter_torch_batches(batch_size=64, drop_last=False):
         x = torch.stack([view(img) for img in batch["image"].permute(0, 3, 1, 2)]).to(device)
         probs.append(torch.softmax(model(x).float(), dim=1).cpu().numpy())
         idx.append(batch["idx"].numpy())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, idx=np.concatenate(idx) if idx else np.zeros(0, np.int64),
-             probs=np.concatenate(probs) if probs else np.zeros((0, 0), np.float32),
-             loss=np.array([h["loss"] for h in history]))
+    return (np.concatenate(idx) if idx else np.zeros(0, np.int64),
+            np.concatenate(probs) if probs else np.zeros((0, 0), np.float32))
+
+
+def gather(idx: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every worker's predictions, concatenated (on every rank); itself when not distributed."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return idx, probs
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, (idx, probs))
+    return (np.concatenate([p[0] for p in parts]),
+            np.concatenate([p[1] for p in parts if p[1].size]) if any(p[1].size for p in parts) else probs)

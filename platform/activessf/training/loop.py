@@ -173,7 +173,9 @@ def train_loop_per_worker(config: dict) -> None:
                    "skipped_steps": guard.skipped, "rollbacks": guard.rollbacks, "epoch_seconds": elapsed,
                    "lr_factor": guard.lr_factor, "cuda_initialized": int(torch.cuda.is_initialized()),
                    "torch_threads": torch.get_num_threads(),
-                   "resumed_optimizer": resumed_digest or ""}
+                   "resumed_optimizer": resumed_digest or "", **config.get("report_constants", {})}
+        if rank == 0 and config.get("probe"):
+            metrics.update(probe_metrics(method, config["probe"], p.image_size, device))
         history.append({k: v for k, v in metrics.items() if k != "resumed_optimizer"})
         tracker.metrics({k: v for k, v in metrics.items() if k != "resumed_optimizer"}, epoch + 1)
         last = epoch + 1 == p.epochs
@@ -261,6 +263,28 @@ def _first_time(marker: str) -> bool:
     return True
 
 
+@torch.no_grad()
+def probe_metrics(method, probe: dict, size: int, device) -> dict:
+    """The sweep's objective: a probe on the encoder's frozen features of held-out labelled cells.
+
+    ``probe``: images uint8 (N, S, S, 3), labels (N,), test (N,) bool (the held-out fold),
+    num_classes, kind (``linear`` or ``knn``). Returns ``probe_pr_auc`` and friends.
+    """
+    from ..evaluation.probe import probe_scores
+    from ..ssl.augment import eval_view
+
+    encoder, view = method.encoder(), eval_view(size)
+    was_training = encoder.training
+    encoder.eval()
+    x = torch.as_tensor(np.asarray(probe["images"])).permute(0, 3, 1, 2)
+    feats = torch.cat([encoder(torch.stack([view(im) for im in x[i:i + 64]]).to(device)).float().cpu()
+                       for i in range(0, len(x), 64)]).numpy()
+    encoder.train(was_training)
+    y, test = np.asarray(probe["labels"]), np.asarray(probe["test"], bool)
+    scores = probe_scores(feats[~test], y[~test], feats[test], y[test], probe["num_classes"], probe["kind"])
+    return {f"probe_{k}": v for k, v in scores.items()}
+
+
 def shard_sample(config: dict) -> np.ndarray | None:
     return config.get("sample_images")
 
@@ -278,7 +302,13 @@ def _visualise(method, views_of, sample, epoch: int, tracker: Tracker, viz_dir: 
     x = torch.as_tensor(np.asarray(sample)).to(device).permute(0, 3, 1, 2).contiguous()
     torch.manual_seed(epoch)
     imgs = views_of(x)[0]
-    out = method([imgs])
+    try:
+        out = method([imgs])
+    except ValueError as exc:  # e.g. too few sample images for the method: no picture, the run goes on
+        log.warning("no reconstruction picture at epoch %d: %s", epoch, exc)
+        return
+    finally:
+        method.train()
     masked, recon = method.reconstruction(imgs, out.extras["pred"], out.extras["mask"])
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"reconstruction_epoch{epoch:04d}.png"
