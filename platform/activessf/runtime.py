@@ -46,7 +46,9 @@ def init_ray(num_cpus: Optional[int] = None) -> RayRuntime:
         else:
             cpus = num_cpus or os.cpu_count() or 1
             log.info("no RAY_ADDRESS: starting a local Ray with %d CPUs", cpus)
-            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
+            # the dashboard serves the state API that Ray Train's placement-group cleaner polls: without
+            # it a Train run whose controller is killed (a Tune trial stopped early) never frees its CPUs
+            ray.init(num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
     res = ray.cluster_resources()
     return RayRuntime(address, address is None, float(res.get("CPU", 0)), float(res.get("GPU", 0)))
 

@@ -83,7 +83,7 @@ def region_items(regions_dir: str | Path):
     path = Path(regions_dir) / "regions"
     if not path.is_dir():
         raise FileNotFoundError(f"{path} not found: is {regions_dir} the output of `activessf filter`?")
-    return ray.data.read_parquet(str(path), columns=["region_id", "crop"]).rename_columns({"region_id": "id"})
+    return ray.data.read_parquet(str(path)).select_columns(["region_id", "crop"]).rename_columns({"region_id": "id"})
 
 
 def labelled_items(spec: str | Path):

@@ -86,7 +86,7 @@ def run_select(
             path = Path(region_embeddings) / "embeddings"
             if not path.is_dir():
                 raise FileNotFoundError(f"{path} not found: is {region_embeddings} the output of `activessf embed`?")
-            ds = ray.data.read_parquet(str(path), columns=["id", "embedding"])
+            ds = ray.data.read_parquet(str(path)).select_columns(["id", "embedding"])
             ds = ds.map_batches(assign_batch, fn_kwargs={"store": store_name}, batch_size=batch_size,
                                 batch_format="pyarrow", num_cpus=0.5)
             table = pa.concat_tables([t for t in ray.get(ds.to_arrow_refs()) if t.num_rows] or

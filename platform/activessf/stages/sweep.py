@@ -139,7 +139,7 @@ def selection_inputs(cfg: Config, regions: Path, embeddings: Path, labelled_embe
     probe = {"images": images, "labels": np.array([classes.index(n) for n in names]),
              "test": np.array([folds[i] == cfg.sweep.probe_fold for i in ids]),
              "num_classes": len(classes), "kind": cfg.sweep.probe}
-    ds = ray.data.read_parquet(str(Path(regions) / "regions"), columns=["region_id", "crop"])
+    ds = ray.data.read_parquet(str(Path(regions) / "regions")).select_columns(["region_id", "crop"])
     ds = ds.map_batches(decode_resize, fn_kwargs={"size": source_size(cfg.pretrain.image_size),
                                                   "keep": ["region_id"]}).materialize()
     data = {"region_ids": region_ids, "regions_x": regions_x, "labelled_x": lab_x,
@@ -178,7 +178,13 @@ def param_space(space: SearchSpace) -> dict:
 
 
 def concurrency(cfg: Config, kind: str) -> int:
-    """Trials at once: what the cluster holds (a selection trial needs sweep.num_workers CPUs or GPUs)."""
+    """Trials at once: what the cluster holds.
+
+    A selection trial's Ray Train run reserves ``sweep.num_workers`` GPUs (or CPUs on a CPU-only
+    cluster). On CPU one core stays free for the Ray Data tasks that feed the trials: with every
+    core held by a trainer's placement group, the next trial's dataset could never be computed and
+    its trainer would wait for a placement group forever.
+    """
     import ray
 
     if cfg.sweep.max_concurrent_trials:
@@ -186,8 +192,9 @@ def concurrency(cfg: Config, kind: str) -> int:
     res = ray.cluster_resources()
     if kind == "filter":
         return max(1, int(res.get("CPU", 1)))
-    per_trial = cfg.sweep.num_workers
-    return max(1, int(res.get("GPU", 0) or res.get("CPU", 1)) // per_trial)
+    if res.get("GPU", 0) >= cfg.sweep.num_workers:
+        return int(res["GPU"]) // cfg.sweep.num_workers
+    return max(1, (int(res.get("CPU", 1)) - 1) // cfg.sweep.num_workers)
 
 
 def run_sweep(space_file: str | Path, out: str | Path, cfg: Config, *, regions=None, embeddings=None,
