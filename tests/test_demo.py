@@ -65,3 +65,10 @@ def test_demo_runs_and_reports(tmp_path):
     assert run.data.metrics["labelled.CA-MK"] == 5
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"config.yaml", "subtypes.png"} <= arts
+    # the demo ends in the registry, printing the command that serves its model
+    reg = summary["stages"]["register"]
+    assert reg["version"] == "1" and reg["promoted"] and reg["alias"] == "champion"
+    assert "no champion yet" in reg["reason"]
+    assert f"models:/{reg['model']}@champion" in reg["serve"] and reg["serve"] in out.stdout
+    version = mlflow.MlflowClient().get_model_version_by_alias(reg["model"], "champion")
+    assert version.version == "1" and version.tags["activessf.promotion"] == "promoted"

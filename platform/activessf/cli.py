@@ -1,6 +1,7 @@
 """The ``activessf`` command.
 
     activessf demo                          the method end to end on synthetic smears
+    activessf pipeline --smears DIR --labelled DIR | --synthetic N    stages 1-5 and registration
     activessf synth --out DIR --images N --seed S
     activessf filter --input DIR|GLOB|URI --out DIR
     activessf filter-eval --regions DIR --boxes DIR|FILE [--label WBC] [--iou 0.3]
@@ -12,6 +13,9 @@
     activessf finetune --labelled DIR --out DIR [--init ENCODER_DIR] [--folds folds.json]
     activessf compare RUN_A RUN_B            paired t-tests over the same folds
     activessf ablation --labelled DIR --regions DIR --selection DIR --fields DIR --out DIR
+    activessf sweep --space tune_spaces/selection.yaml --regions R --embeddings E --labelled-embeddings LE
+                    --labelled L --out DIR          (or --space tune_spaces/filter.yaml --input IMGS --boxes ANN)
+    activessf register --run FINETUNE_OUT [--force]   MLflow registry; champion only if it beats the current one
     activessf config [--section filter]     print the resolved configuration
 
 Every command takes ``--config FILE``, ``--preset NAME`` and repeated
@@ -115,6 +119,40 @@ def run_demo_cmd(args) -> int:
         args.preset = "demo"
     cfg = config_from(args)
     print(format_summary(run_demo(cfg, progress=not args.no_progress)))
+    return 0
+
+
+def _pipeline_args(p):
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--smears", help="smear images (directory, glob or URI); needs --labelled")
+    src.add_argument("--synthetic", type=int, metavar="N",
+                     help="generate N synthetic smear fields (and synth.labelled crops) into WORK_DIR/data first")
+    p.add_argument("--labelled", type=Path, help="labelled cells: ImageFolder directory or CSV of path,label")
+    p.add_argument("--no-register", action="store_true", help="stop after fine-tuning")
+
+
+@command("pipeline")(_pipeline_args)
+def run_pipeline_cmd(args) -> int:
+    """Stages 1-5 and registration on your data (or on generated synthetic smears)."""
+    from .pipeline import run_pipeline
+
+    cfg = config_from(args, [f"synth.images={args.synthetic}"] if args.synthetic else [])
+    if args.synthetic:
+        from .demo import ensure_synthetic
+
+        data = Path(cfg.run.work_dir).resolve() / "data"
+        ensure_synthetic(cfg.synth, data, progress=not args.no_progress)
+        smears, labelled = str(data / "smears"), data / "labelled"
+    else:
+        if not args.labelled:
+            raise ValueError("--smears needs --labelled (the labelled cells, ImageFolder or CSV)")
+        smears, labelled = args.smears, args.labelled
+    record = run_pipeline(cfg, smears, labelled, register=not args.no_register)
+    print(json.dumps({k: v for k, v in record.items() if k != "stages"}, indent=2, default=str))
+    if "register" in record["stages"]:
+        from .serving.registry import format_decision
+
+        print(format_decision(record["stages"]["register"]))
     return 0
 
 
@@ -318,6 +356,63 @@ def run_ablation_cmd(args) -> int:
                        [m for m in args.methods.split(",") if m], args.overwrite)
     print(format_table2(res["runs"], res["pairs"], cfg.evaluate.significance))
     print(f"report: {args.out}/report.html (and report.md)")
+    return 0
+
+
+def _sweep_args(p):
+    p.add_argument("--space", required=True, type=Path, help="search space YAML (tune_spaces/selection.yaml or filter.yaml)")
+    p.add_argument("--regions", type=Path, help="selection sweeps: filter output")
+    p.add_argument("--embeddings", type=Path, help="selection sweeps: region embeddings (`activessf embed --regions`)")
+    p.add_argument("--labelled-embeddings", type=Path, help="selection sweeps: `activessf embed --labelled` output")
+    p.add_argument("--labelled", type=Path, help="selection sweeps: labelled cells (ImageFolder or CSV) for the probe")
+    p.add_argument("--input", help="filter sweeps: smear images (directory, glob or URI)")
+    p.add_argument("--boxes", type=Path, help="filter sweeps: VOC annotations or a synthetic ground_truth.json")
+    p.add_argument("--label", help="filter sweeps: the annotated label to find (default: megakaryocyte or WBC)")
+    p.add_argument("--name", help="sweep name (Ray Tune experiment and MLflow parent run)")
+    p.add_argument("--storage", help="Ray storage for trials (shared on clusters)")
+    add_output_args(p)
+
+
+@command("sweep")(_sweep_args)
+def run_sweep_cmd(args) -> int:
+    """Ray Tune sweep of selection or filter settings; every trial an MLflow run; writes best.yaml."""
+    from .stages.sweep import run_sweep
+    from .sweep.space import load_space
+    from .tracking import init_mlflow
+
+    cfg = config_from(args)
+    load_space(args.space, cfg.model_dump(mode="json"))  # a bad space fails before Ray starts
+    cfg = start_stage(args)
+    init_mlflow(cfg.run.work_dir, cfg.run.experiment)
+    best = run_sweep(args.space, args.out, cfg, regions=args.regions, embeddings=args.embeddings,
+                     labelled_embeddings=args.labelled_embeddings, labelled=args.labelled, images=args.input,
+                     boxes=args.boxes, label=args.label, name=args.name, storage=args.storage,
+                     overwrite=args.overwrite)
+    print(json.dumps(best, indent=2, default=str))
+    print(f"best configuration: {args.out}/best.yaml (use it with --config); all trials: {args.out}/trials.csv")
+    return 0
+
+
+def _register_args(p):
+    p.add_argument("--run", required=True, type=Path,
+                   help="a `finetune` output made with finetune.final_fit=true (its model/ is deployed)")
+    p.add_argument("--name", help="registered model name (register.model_name)")
+    p.add_argument("--force", action="store_true", help="move the alias even if the model does not beat the champion")
+    p.add_argument("--json", type=Path, help="also write the decision record here")
+
+
+@command("register")(_register_args)
+def run_register(args) -> int:
+    """Register a fine-tuned classifier in the MLflow model registry; promote it if it beats the champion."""
+    from .serving.registry import format_decision, register
+    from .tracking import init_mlflow
+
+    cfg = config_from(args, [f"register.model_name={args.name}"] if args.name else [])
+    init_mlflow(cfg.run.work_dir, cfg.run.experiment)
+    record = register(args.run, cfg, force=args.force)
+    if args.json:
+        args.json.write_text(json.dumps(record, indent=2))
+    print(format_decision(record))
     return 0
 
 

@@ -75,6 +75,11 @@ def format_stages(stages: dict) -> list[str]:
     if "finetune" in stages:
         lines += ["Stage 5, fine-tuning and evaluation (Table II; tiny models, few epochs: plumbing, not accuracy):",
                   stages["finetune"]["table2"], f"report: {stages['finetune']['report']}", ""]
+    if "register" in stages:
+        from .serving.registry import format_decision
+
+        lines += ["Model registry (the final fit of the ActiveSSF model on every labelled cell):",
+                  format_decision(stages["register"]), ""]
     return lines
 
 
@@ -88,6 +93,7 @@ def format_counts(counts: dict[str, dict[str, int]]) -> str:
 
 def run_demo(cfg: Config, progress: bool = True) -> dict:
     """Run every stage that exists on synthetic data; returns the summary record."""
+    from . import pipeline
     from .runtime import init_ray, shutdown_ray
     from .tracking import init_mlflow, tracking_uri, ui_command
 
@@ -111,8 +117,9 @@ def run_demo(cfg: Config, progress: bool = True) -> dict:
         mlflow.log_artifact(str(sheet_path))
         stages = {"filter": filter_stage(cfg, data_dir, work / "regions")}
         stages["select"] = select_stage(cfg, data_dir, work)
-        stages["pretrain"] = pretrain_stage(cfg, work)
+        stages["pretrain"] = pipeline.pretrain_stage(cfg, work)
         stages["finetune"] = finetune_stage(cfg, data_dir, work)
+        stages["register"] = pipeline.register_stage(cfg, Path(stages["finetune"]["output"]))
         run_id = run.info.run_id
     shutdown_ray()
 
@@ -133,62 +140,41 @@ def run_demo(cfg: Config, progress: bool = True) -> dict:
 
 def filter_stage(cfg: Config, data_dir: Path, out: Path) -> dict:
     """Stage 1 on the synthetic smears, scored against their ground truth."""
-    from .stages.filter import log_to_mlflow, run_filter
+    from . import pipeline
     from .stages.filter_eval import evaluate_output, log_eval
 
-    summary = run_filter(str(data_dir / "smears"), out, cfg, overwrite=True)
-    log_to_mlflow(out, cfg, str(data_dir / "smears"), summary)
+    result = pipeline.filter_stage(cfg, str(data_dir / "smears"), out)
     report = evaluate_output(out, data_dir, "megakaryocyte", 0.3)
     (out / "eval_megakaryocyte.json").write_text(json.dumps(report, indent=2))
     log_eval(report, out / "eval_megakaryocyte.json")
-    return {"output": str(out), "summary": summary, "eval": report}
+    return {**result, "eval": report}
 
 
 def select_stage(cfg: Config, data_dir: Path, work: Path) -> dict:
     """Stages 2-3: embed regions and the labelled set, fit prototypes, select; scored against the truth."""
-    from .stages.embed import run_embed
-    from .stages.select import log_to_mlflow, run_select
+    from . import pipeline
     from .stages.select_eval import evaluate_selection
 
-    run_embed("regions", work / "regions", work / "embeddings" / "regions", cfg, overwrite=True)
-    run_embed("labelled", data_dir / "labelled", work / "embeddings" / "labelled", cfg, overwrite=True)
-    report = run_select(work / "embeddings" / "regions", work / "selection", cfg,
-                        labelled_embeddings=work / "embeddings" / "labelled", regions=work / "regions", overwrite=True)
-    log_to_mlflow(work / "selection", cfg, report)
+    result = pipeline.select_stage(cfg, data_dir / "labelled", work)
     evidence = evaluate_selection(work / "selection", work / "regions", data_dir, "megakaryocyte", {"CA-MK", "HL-MK"})
     (work / "selection" / "evidence.json").write_text(json.dumps(evidence, indent=2))
-    return {"output": str(work / "selection"), "report": report, "evidence": evidence}
-
-
-def pretrain_stage(cfg: Config, work: Path) -> dict:
-    """Stage 4: self-supervised pretraining on the selected regions (tiny model in the demo preset)."""
-    from .stages.pretrain import run_pretrain
-
-    record = run_pretrain(work / "encoder", cfg, regions=work / "regions", selection=work / "selection",
-                          name=f"demo-{cfg.pretrain.method}-{cfg.pretrain.digest()[:8]}",
-                          storage=str(work / "ray_results"), overwrite=True)
-    return {"output": str(work / "encoder"), "record": record}
+    return {**result, "evidence": evidence}
 
 
 def finetune_stage(cfg: Config, data_dir: Path, work: Path) -> dict:
-    """Stage 5: the same ViT fine-tuned from scratch and from the stage-4 encoder, same folds; Table II."""
-    from .config import apply_overrides, build_config
+    """Stage 5: the same ViT from scratch and from the stage-4 encoder (plus its final fit), same folds; Table II."""
+    from . import pipeline
     from .evaluation.report import format_table2, write_report
-    from .stages.ablation import vit_overrides
     from .stages.finetune import run_finetune
 
-    base = cfg.model_dump(mode="json")
-    runs = {}
-    scratch = build_config(apply_overrides(base, vit_overrides(cfg)))
-    runs["ViT (scratch)"] = run_finetune(data_dir / "labelled", work / "finetune" / "vit", scratch,
-                                         name="demo-vit", overwrite=True)
-    tuned = build_config(apply_overrides(base, vit_overrides(cfg) + [f"finetune.init={work / 'encoder'}"]))
-    runs["MAE + CRF + ASS"] = run_finetune(data_dir / "labelled", work / "finetune" / "mae_selected", tuned,
-                                           folds_file=work / "finetune" / "vit" / "folds.json",
-                                           name="demo-mae-selected", overwrite=True)
+    runs = {"ViT (scratch)": run_finetune(data_dir / "labelled", work / "finetune" / "vit",
+                                          pipeline.finetune_config(cfg, None), name="demo-vit", overwrite=True)}
+    tuned = pipeline.finetune_stage(cfg, data_dir / "labelled", work, folds=work / "finetune" / "vit" / "folds.json")
+    runs["MAE + CRF + ASS"] = tuned["record"]
     pairs = {"MAE + CRF + ASS": "ViT (scratch)"}
     paths = write_report(runs, work / "report", "ActiveSSF demo", pairs, level=cfg.evaluate.significance)
-    return {"table2": format_table2(runs, pairs, cfg.evaluate.significance), "report": str(paths["html"])}
+    return {"table2": format_table2(runs, pairs, cfg.evaluate.significance), "report": str(paths["html"]),
+            "output": tuned["output"]}
 
 
 def format_summary(summary: dict) -> str:
