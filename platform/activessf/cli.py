@@ -339,7 +339,10 @@ def _ablation_args(p):
     p.add_argument("--regions", required=True, type=Path, help="filter output")
     p.add_argument("--selection", required=True, type=Path, help="select output")
     p.add_argument("--fields", required=True, help="smear images (for the no-filter row)")
-    p.add_argument("--methods", default="mae", help="comma-separated SSL methods (mae, mocov3)")
+    p.add_argument("--methods", default="mae",
+                   help="comma-separated SSL methods: mae, mocov3, convmae, mixmim (all four: Table II's full layout)")
+    p.add_argument("--baselines", default="vit",
+                   help="supervised rows from scratch: vit, resnet (evaluate.cnn_baseline), or both: resnet,vit")
     add_output_args(p)
 
 
@@ -353,8 +356,9 @@ def run_ablation_cmd(args) -> int:
     cfg = start_stage(args)
     init_mlflow(cfg.run.work_dir, cfg.run.experiment)
     res = run_ablation(args.out, cfg, args.labelled, args.regions, args.selection, args.fields,
-                       [m for m in args.methods.split(",") if m], args.overwrite)
-    print(format_table2(res["runs"], res["pairs"], cfg.evaluate.significance))
+                       [m for m in args.methods.split(",") if m], args.overwrite,
+                       baselines=[b for b in args.baselines.split(",") if b])
+    print(format_table2(res["runs"], res["pairs"], cfg.evaluate.significance, res["record"]["table2"]))
     print(f"report: {args.out}/report.html (and report.md)")
     return 0
 

@@ -302,6 +302,8 @@ class EvaluateConfig(Section):
     rare_share: float = Field(0.03, ge=0, le=1, description="classes below this share are rare")
     common_share: float = Field(0.15, ge=0, le=1, description="classes above this share are common")
     significance: float = Field(0.05, gt=0, lt=1, description="paired t-test level")
+    cnn_baseline: str = Field("resnet50", min_length=1,
+                              description="timm CNN of Table II's supervised ResNet row (ablation --baselines resnet)")
 
 
 class SweepConfig(Section):

@@ -53,18 +53,23 @@ def pm(stats: dict) -> str:
     return "n/a" if stats["mean"] is None else f"{100 * stats['mean']:.2f} ± {100 * stats['std']:.2f}"
 
 
-def format_table2(runs: dict[str, dict], pairs: Optional[dict[str, str]] = None, level: float = 0.05) -> str:
-    """Table II: Accuracy / PR-AUC / F1 (mean ± std, %), * where a run beats its baseline with p < level."""
+def format_table2(runs: dict[str, dict], pairs: Optional[dict[str, str]] = None, level: float = 0.05,
+                  labels: Optional[dict[str, str]] = None) -> str:
+    """Table II: Accuracy / PR-AUC / F1 (mean ± std, %), * where a run beats its baseline with p < level.
+
+    ``labels`` (run name -> row label) picks the rows and their order; default: every run by name."""
     pairs = pairs or {}
+    labels = labels or {name: name for name in runs}
     lines = ["| Method | " + " | ".join(h for _, h in SUMMARY) + " |", "|---" * (len(SUMMARY) + 1) + "|"]
-    for name, run in runs.items():
+    for name, label in labels.items():
+        run = runs[name]
         cells = []
         base = runs.get(pairs.get(name, ""))
         cmp = compare_runs(base, run, level) if base is not None else None
         for key, _ in SUMMARY:
             star = mark(cmp["metrics"][key]["p"], level) if cmp and cmp["metrics"][key]["mean_diff"] > 0 else ""
             cells.append(pm(run["summary"][key]) + star)
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -129,14 +134,16 @@ def figure3(runs: dict[str, dict], path: Path, pair: Optional[tuple[str, str]] =
 
 
 def write_report(runs: dict[str, dict], out: str | Path, title: str, pairs: Optional[dict[str, str]] = None,
-                 ablation: Optional[list[dict]] = None, level: float = 0.05) -> dict[str, Path]:
-    """report.md and a self-contained report.html (figures inlined) in ``out``."""
+                 ablation: Optional[list[dict]] = None, level: float = 0.05,
+                 table2: Optional[dict[str, str]] = None) -> dict[str, Path]:
+    """report.md and a self-contained report.html (figures inlined) in ``out``; ``table2`` as
+    ``labels`` of :func:`format_table2`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     fig = figure3(runs, out / "figure3.png", _fig_pair(runs, pairs))
     sections = [("Table I. Per-class PR-AUC (%)", format_table1(runs)),
                 ("Table II. Accuracy, PR-AUC and F1 (%), mean ± std over folds; * p < "
-                 f"{level} (paired t-test) against the baseline", format_table2(runs, pairs, level))]
+                 f"{level} (paired t-test) against the baseline", format_table2(runs, pairs, level, table2))]
     if ablation:
         sections.append(("Table III. Ablation", format_table3(ablation, runs)))
     comparisons = [compare_runs(runs[b], runs[a], level) for a, b in (pairs or {}).items()]

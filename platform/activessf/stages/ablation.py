@@ -1,11 +1,19 @@
-"""The paper's ablation (Table III) and method comparison (Table II), on identical folds.
+"""The paper's method comparison (Table II) and ablation (Table III), on identical folds.
 
-Rows: a supervised ViT from scratch; + MAE pretrained on random crops of whole
-fields (no filtering); + MAE on filtered regions (CRF); + MAE on selected
-regions (CRF + ASS). ``methods`` adds the same three pretraining rows for
-other SSL methods (e.g. MoCo v3). The ViT of every row has the architecture
-of ``pretrain.model``, so rows differ only in what the encoder was pretrained
-on. Each row is one MLflow run (pretraining and k folds nested under it).
+Rows, each one MLflow run (its pretraining and k folds nested under it):
+
+- baselines, supervised from scratch: ``ViT`` (the architecture of ``pretrain.model``)
+  and, with ``baselines`` containing ``resnet``, ``ResNet`` (timm ``evaluate.cnn_baseline``);
+- for every SSL method M in ``methods`` (mae, mocov3, convmae, mixmim): ``M``, pretrained
+  on random crops of whole fields, i.e. *without* ActiveSSF, and ``M + CRF + ASS``,
+  pretrained on the selected regions, i.e. *with* ActiveSSF;
+- for MAE also ``MAE + CRF`` (filtered regions, no selection): Table III's middle row.
+
+Table II lists the baselines and "M w/o ActiveSSF" / "M w/ ActiveSSF" for every
+method, marking a significant gain of w/ over w/o (paired t-test on the folds);
+Table III the MAE rows. The ViT rows fine-tune the encoder their method exported
+(``encoder.json`` names its architecture), so rows of one method differ only in
+what the encoder was pretrained on.
 
 Output: ``OUT/<row>/`` (the pretraining and fine-tuning outputs of each row),
 ``OUT/report.md``, ``OUT/report.html``, ``OUT/figure3.png``, ``OUT/ablation.json``.
@@ -27,7 +35,9 @@ log = logging.getLogger(__name__)
 SOURCES = (("fields", "", {"CRF": False, "ASS": False}),
            ("filtered", " + CRF", {"CRF": True, "ASS": False}),
            ("selected", " + CRF + ASS", {"CRF": True, "ASS": True}))
-LABELS = {"mae": "MAE", "mocov3": "MoCo v3"}
+LABELS = {"mae": "MAE", "mocov3": "MoCo v3", "convmae": "ConvMAE", "mixmim": "MixMIM"}
+BASELINES = {"resnet": "ResNet", "vit": "ViT"}
+TABLE3_METHOD = "mae"  # Table III ablates MAE; other methods skip its filtered-only row
 
 
 def vit_overrides(cfg: Config) -> list[str]:
@@ -40,24 +50,58 @@ def vit_overrides(cfg: Config) -> list[str]:
             f"finetune.image_size={p.image_size}"]
 
 
-def rows_for(methods: Sequence[str]) -> list[dict]:
-    rows = [{"name": "ViT", "method": None, "source": None, "components": {"ViT": True}}]
+def rows_for(methods: Sequence[str], baselines: Sequence[str] = ("vit",)) -> list[dict]:
+    """The rows to run, in report order; ``table2`` is a row's Table II label (None: Table III only)."""
+    unknown = [b for b in baselines if b not in BASELINES] + [m for m in methods if m not in LABELS]
+    if unknown:
+        raise ValueError(f"unknown ablation rows {unknown}: baselines are {sorted(BASELINES)}, "
+                         f"methods {sorted(LABELS)}")
+    rows = [{"name": BASELINES[b], "method": None, "source": None, "baseline": b, "table2": BASELINES[b],
+             "components": {"ViT": b == "vit"}} for b in BASELINES if b in baselines]
     for m in methods:
         for source, suffix, comps in SOURCES:
-            rows.append({"name": f"{LABELS.get(m, m)}{suffix}", "method": m, "source": source,
-                         "components": {"ViT": True, "MAE": m == "mae", **comps}})
+            if source == "filtered" and m != TABLE3_METHOD:
+                continue
+            table2 = {"fields": f"{LABELS[m]} w/o ActiveSSF", "selected": f"{LABELS[m]} w/ ActiveSSF"}.get(source)
+            rows.append({"name": f"{LABELS[m]}{suffix}", "method": m, "source": source, "baseline": None,
+                         "table2": table2, "components": {"ViT": True, "MAE": m == TABLE3_METHOD, **comps}})
     return rows
+
+
+def pairs_for(rows: list[dict]) -> dict[str, str]:
+    """Candidate row -> its baseline row: w/ and CRF-only against w/o ActiveSSF; MAE against the ViT."""
+    names = {r["name"] for r in rows}
+    pairs = {}
+    for r in rows:
+        if r["method"] and r["source"] != "fields":
+            pairs[r["name"]] = LABELS[r["method"]]
+    if "ViT" in names and LABELS[TABLE3_METHOD] in names:
+        pairs[LABELS[TABLE3_METHOD]] = "ViT"
+    return pairs
+
+
+def table3_rows(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if r["baseline"] == "vit" or r["method"] == TABLE3_METHOD]
+
+
+def finetune_overrides(cfg: Config, row: dict) -> list[str]:
+    """The classifier of a row: the ViT pretraining builds, or the supervised CNN baseline."""
+    if row["baseline"] == "resnet":
+        return [f"finetune.backbone={cfg.evaluate.cnn_baseline}", "finetune.backbone_kwargs={}",
+                f"finetune.image_size={cfg.pretrain.image_size}"]
+    return vit_overrides(cfg)
 
 
 def run_ablation(out: str | Path, cfg: Config, labelled: str | Path, regions: Optional[str | Path],
                  selection: Optional[str | Path], fields: Optional[str], methods: Sequence[str] = ("mae",),
-                 overwrite: bool = False, encoders: Optional[dict] = None) -> dict:
+                 overwrite: bool = False, encoders: Optional[dict] = None,
+                 baselines: Sequence[str] = ("vit",)) -> dict:
     """Run every row on the same folds and write the report. ``encoders`` may map
     (method, source) to an existing `pretrain` output to reuse instead of pretraining."""
     import mlflow
 
-    from ..config import build_config, merge
-    from ..evaluation.report import load_run, write_report
+    from ..config import apply_overrides, build_config, merge
+    from ..evaluation.report import write_report
     from .finetune import run_finetune
     from .pretrain import run_pretrain
 
@@ -65,11 +109,11 @@ def run_ablation(out: str | Path, cfg: Config, labelled: str | Path, regions: Op
     with staged_output(out, overwrite) as stage, mlflow.start_run(
         run_name="ablation", nested=mlflow.active_run() is not None
     ):
-        folds_file, runs, rows = None, {}, rows_for(methods)
+        folds_file, runs, rows = None, {}, rows_for(methods, baselines)
         for row in rows:
             slug = row["name"].replace(" + ", "_").replace(" ", "").lower()
             with mlflow.start_run(run_name=row["name"], nested=True):
-                over = vit_overrides(cfg)
+                over = finetune_overrides(cfg, row)
                 if row["method"]:
                     reuse = (encoders or {}).get((row["method"], row["source"]))
                     if reuse is None:
@@ -78,21 +122,16 @@ def run_ablation(out: str | Path, cfg: Config, labelled: str | Path, regions: Op
                                      name=f"ablation-{slug}-{pcfg.pretrain.digest()[:8]}")
                         reuse = stage / slug / "encoder"
                     over.append(f"finetune.init={reuse}")
-                from ..config import apply_overrides
-
                 fcfg = build_config(apply_overrides(base, over))
                 runs[row["name"]] = run_finetune(labelled, stage / slug / "finetune", fcfg, folds_file,
                                                  name=f"ablation-{slug}")
                 folds_file = folds_file or stage / slug / "finetune" / "folds.json"
-        pairs = {}
-        for m in methods:
-            label = LABELS.get(m, m)
-            pairs[f"{label} + CRF + ASS"] = label  # w/ ActiveSSF vs w/o (Table II)
-            pairs[f"{label} + CRF"] = label
-        pairs[LABELS.get(methods[0], methods[0])] = "ViT" if methods else None
-        write_report(runs, stage, "ActiveSSF ablation", {k: v for k, v in pairs.items() if v},
-                     ablation=[r for r in rows if r["method"] in (None, "mae")], level=cfg.evaluate.significance)
-        record = {"rows": rows, "folds": str(folds_file), "summary": {k: v["summary"] for k, v in runs.items()}}
+        pairs = pairs_for(rows)
+        write_report(runs, stage, "ActiveSSF ablation", pairs, ablation=table3_rows(rows),
+                     level=cfg.evaluate.significance, table2={r["name"]: r["table2"] for r in rows if r["table2"]})
+        labels = {r["name"]: r["table2"] for r in rows if r["table2"]}
+        record = {"rows": rows, "folds": str(folds_file), "table2": labels,
+                  "summary": {k: v["summary"] for k, v in runs.items()}}
         (stage / "ablation.json").write_text(json.dumps(record, indent=1))
         mlflow.log_artifact(str(stage / "report.html"))
         mlflow.log_artifact(str(stage / "report.md"))
