@@ -1,11 +1,19 @@
 """Pretraining overhead: the same tiny MAE epoch through Ray Train (1 and 2 workers) vs a plain torch loop.
 
-    .venv/bin/python benchmarks/bench_pretrain.py [--images 512] [--epochs 3] [--size 64] [--model micro]
+    .venv/bin/python benchmarks/bench_pretrain.py [--images 2048] [--epochs 5] [--rounds 3] [--size 64] [--model micro]
 
 Goal (issue 5): Ray Train with 1 worker <= 1.10x the plain loop's epoch time;
 then 2 workers vs 1 on this machine. Both paths use the same augmentation,
-model, optimiser groups and batch; epoch time is the median over epochs after
-the first (which pays start-up).
+model, optimiser groups and batch. Epoch time is the median over the epochs
+after the first two (the first streams from Ray Data into the worker's cache
+and pays start-up). This shared VM drifts by 10-20% over minutes, so the three
+variants run in interleaved rounds (plain, Ray 1, Ray 2, plain, ...) and the
+ratios are taken within each round; the result is the median round's ratio.
+
+A fourth variant, `plain_ray_up`, runs the plain loop again while the local Ray
+(raylet, GCS, log monitor, idle workers) is up but unused: on 2 cores the Ray
+runtime's own background work competes with the 2 torch threads, and this
+separates that cost from the cost of our Ray Train loop.
 """
 
 from __future__ import annotations
@@ -67,6 +75,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--model", default="micro")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of plain, Ray 1, Ray 2")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
@@ -82,33 +91,54 @@ def main() -> None:
     rng = np.random.default_rng(0)
     size = source_size(args.size)
     images = rng.integers(0, 255, (args.images, size, size, 3), dtype=np.uint8)
-    plain = plain_loop(images, load_config(overrides=overrides(args, 1)))
-    runs = {"plain": plain}
+    cfg_plain = load_config(overrides=overrides(args, 1))
+    runs: dict[str, list[list[float]]] = {"plain": [], "plain_ray_up": [], "ray_1": [], "ray_2": []}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "regions" / "regions").mkdir(parents=True)
         pq.write_table(pa.table({"region_id": [f"r{i}" for i in range(len(images))],
                                  "crop": [encode_png(im) for im in images]}), tmp / "regions" / "regions" / "p.parquet")
-        ray.init(include_dashboard=False, log_to_driver=False)
         init_mlflow(tmp / "work", "bench")
-        try:
-            for workers in (1, 2):
-                cfg = load_config(overrides=overrides(args, workers) + [f"run.work_dir={tmp / 'work'}"])
-                run_pretrain(tmp / f"enc{workers}", cfg, regions=tmp / "regions", name=f"bench{workers}",
-                             test_hooks={"visualise_every": 0})  # the plain loop draws no pictures either
-                hist = json.loads((tmp / f"enc{workers}" / "history.json").read_text())
-                runs[f"ray_{workers}"] = [h["epoch_seconds"] for h in hist]
-        finally:
-            ray.shutdown()
-    med = {k: float(np.median(v[1:])) for k, v in runs.items()}
+        for r in range(args.rounds):
+            runs["plain"].append(plain_loop(images, cfg_plain))  # no Ray running at all
+            ray.init(include_dashboard=False, log_to_driver=False)
+            try:
+                runs["plain_ray_up"].append(plain_loop(images, cfg_plain))  # same loop, Ray idle beside it
+                for workers in (1, 2):
+                    cfg = load_config(overrides=overrides(args, workers) + [f"run.work_dir={tmp / 'work'}"])
+                    out = tmp / f"enc{workers}_{r}"
+                    run_pretrain(out, cfg, regions=tmp / "regions", name=f"bench{workers}-{r}",
+                                 test_hooks={"visualise_every": 0})  # the plain loop draws no pictures either
+                    history = json.loads((out / "history.json").read_text())
+                    runs[f"ray_{workers}"].append([h["epoch_seconds"] for h in history])
+            finally:
+                ray.shutdown()
+            print(f"round {r + 1}/{args.rounds}: " + ", ".join(
+                f"{k} {np.median(v[-1][2:]):.2f} s" for k, v in runs.items()), flush=True)
+    per_round = {k: [float(np.median(epochs[2:])) for epochs in v] for k, v in runs.items()}
+    ray1_ratio = [a / b for a, b in zip(per_round["ray_1"], per_round["plain"])]
+    ray2_ratio = [a / b for a, b in zip(per_round["ray_2"], per_round["ray_1"])]
+    loop_ratio = [a / b for a, b in zip(per_round["ray_1"], per_round["plain_ray_up"])]
+    idle_ratio = [a / b for a, b in zip(per_round["plain_ray_up"], per_round["plain"])]
+    med = {k: float(np.median(v)) for k, v in per_round.items()}
     record = {"images": args.images, "image_size": args.size, "batch": args.batch, "model": args.model,
-              "epochs": args.epochs, "epoch_seconds": runs, "median_epoch_seconds": med,
-              "ray1_over_plain": round(med["ray_1"] / med["plain"], 3),
-              "ray2_over_ray1": round(med["ray_2"] / med["ray_1"], 3)}
+              "epochs": args.epochs, "rounds": args.rounds, "epoch_seconds": runs,
+              "median_epoch_seconds_per_round": per_round, "median_epoch_seconds": med,
+              "ray1_over_plain_per_round": [round(x, 3) for x in ray1_ratio],
+              "ray2_over_ray1_per_round": [round(x, 3) for x in ray2_ratio],
+              "ray1_over_plain_ray_up_per_round": [round(x, 3) for x in loop_ratio],
+              "plain_ray_up_over_plain_per_round": [round(x, 3) for x in idle_ratio],
+              "ray1_over_plain_ray_up": round(float(np.median(loop_ratio)), 3),
+              "plain_ray_up_over_plain": round(float(np.median(idle_ratio)), 3),
+              "ray1_over_plain": round(float(np.median(ray1_ratio)), 3),
+              "ray2_over_ray1": round(float(np.median(ray2_ratio)), 3)}
     path = write("pretrain", record, args.out)
     print(table([(k, round(v, 2), round(args.images / v, 1)) for k, v in med.items()],
                 (f"MAE {args.model} @{args.size}, {args.images} images", "s/epoch", "images/s")))
-    print(f"\nRay 1 worker / plain: {record['ray1_over_plain']}x;  2 workers / 1 worker: {record['ray2_over_ray1']}x")
+    print(f"\nRay 1 worker / plain: {record['ray1_over_plain']}x (rounds: {record['ray1_over_plain_per_round']});  "
+          f"2 workers / 1 worker: {record['ray2_over_ray1']}x (rounds: {record['ray2_over_ray1_per_round']})")
+    print(f"plain loop with an idle Ray up / without: {record['plain_ray_up_over_plain']}x; Ray 1 worker / that: "
+          f"{record['ray1_over_plain_ray_up']}x (rounds: {record['ray1_over_plain_ray_up_per_round']})")
     print(f"wrote {path}")
 
 

@@ -87,7 +87,7 @@ def training_images(cfg: Config, regions: Optional[Path], selection: Optional[Pa
         return ds.materialize()
     if regions is None:
         raise ValueError(f"pretrain.source={src} needs --regions (the filter output)")
-    ds = ray.data.read_parquet(str(Path(regions) / "regions"), columns=["region_id", "crop"])
+    ds = ray.data.read_parquet(str(Path(regions) / "regions")).select_columns(["region_id", "crop"])
     if src == "selected":
         if selection is None:
             raise ValueError("pretrain.source=selected needs --selection (the output of `activessf select`)")
