@@ -115,10 +115,14 @@ def test_served_champion_finds_and_classifies_cells_and_refuses_bad_images(train
     bin_dir = Path(sys.executable).parent  # mlflow starts uvicorn from PATH
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(trained["work"]),
            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    log = open(tmp_path / "server.log", "w")  # a file, not a pipe: a full pipe would stall the server
     server = subprocess.Popen([str(bin_dir / "mlflow"), "models", "serve", "-m",
                                "models:/served@champion", "--env-manager", "local", "--host", "127.0.0.1",
-                               "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True)
+                               "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def server_log() -> str:
+        return (tmp_path / "server.log").read_text()[-3000:]
+
     try:
         deadline = time.time() + 120
         while True:
@@ -127,13 +131,13 @@ def test_served_champion_finds_and_classifies_cells_and_refuses_bad_images(train
                     break
             except requests.ConnectionError:
                 pass
-            assert server.poll() is None and time.time() < deadline, server.stdout.read()[-3000:]
+            assert server.poll() is None and time.time() < deadline, server_log()
             time.sleep(1)
         field_path = trained["root"] / "d" / "smears" / "field_00000.png"
         field = field_path.read_bytes()
         cell = encode_png(read_rgb(field_path)[100:180, 100:190])
         res = post(port, [field, cell], ["field", "cell"])
-        assert res.status_code == 200, res.text[:2000]
+        assert res.status_code == 200, res.text[:2000] + server_log()
         rows = res.json()["predictions"]
         expected = filter_image(read_rgb(field_path), FilterConfig(min_box=40)).regions
         found = sorted((r["x"], r["y"], r["w"], r["h"]) for r in rows if r["image"] == 0)
@@ -159,3 +163,4 @@ def test_served_champion_finds_and_classifies_cells_and_refuses_bad_images(train
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             server.kill()
+        log.close()
