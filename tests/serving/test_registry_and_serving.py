@@ -41,6 +41,16 @@ def trained(ray_cluster, tmp_path_factory):
     return {"root": root, "work": work, "cfg": cfg, "a": a, "b": b}
 
 
+@pytest.fixture(autouse=True)
+def _store(request):
+    """Every test here talks to the module's store: MLflow's current URI is process-global state that
+    earlier tests (and the per-test environment reset) may have changed since the fixture ran."""
+    if "trained" in request.fixturenames:
+        from activessf.tracking import init_mlflow
+
+        init_mlflow(request.getfixturevalue("trained")["work"], "registry")
+
+
 def test_final_fit_writes_a_loadable_model(trained):
     from activessf.serving.classifier import CellClassifier
 
