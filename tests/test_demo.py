@@ -71,4 +71,4 @@ def test_demo_runs_and_reports(tmp_path):
     assert "no champion yet" in reg["reason"]
     assert f"models:/{reg['model']}@champion" in reg["serve"] and reg["serve"] in out.stdout
     version = mlflow.MlflowClient().get_model_version_by_alias(reg["model"], "champion")
-    assert version.version == "1" and version.tags["activessf.promotion"] == "promoted"
+    assert str(version.version) == "1" and version.tags["activessf.promotion"] == "promoted"
