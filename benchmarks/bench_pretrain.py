@@ -142,32 +142,22 @@ def main() -> None:
             print(f"round {r + 1}/{args.rounds}: " + ", ".join(
                 f"{k} {np.median(v[-1][args.warmup:]):.2f} s" for k, v in runs.items()), flush=True)
     per_round = {k: [float(np.median(epochs[args.warmup:])) for epochs in v] for k, v in runs.items()}
-    task_ratio = [a / b for a, b in zip(per_round["plain_in_ray_task"], per_round["plain"])]
-    train_ratio = [a / b for a, b in zip(per_round["ray_1"], per_round["plain_in_ray_task"])]
     # what a run costs beyond its epochs at the steady pace: Ray start-up, data streaming, checkpoints, teardown
     startup = {k: [w - args.epochs * m for w, m in zip(walls[k], per_round[k])] for k in runs}
-    ray1_ratio = [a / b for a, b in zip(per_round["ray_1"], per_round["plain"])]
-    ray2_ratio = [a / b for a, b in zip(per_round["ray_2"], per_round["ray_1"])]
-    loop_ratio = [a / b for a, b in zip(per_round["ray_1"], per_round["plain_ray_up"])]
-    idle_ratio = [a / b for a, b in zip(per_round["plain_ray_up"], per_round["plain"])]
     med = {k: float(np.median(v)) for k, v in per_round.items()}
     record = {"images": args.images, "image_size": args.size, "batch": args.batch, "model": args.model,
               "epochs": args.epochs, "warmup_epochs": args.warmup, "rounds": args.rounds, "epoch_seconds": runs,
               "run_wall_seconds": walls, "startup_seconds_per_round": startup,
               "startup_seconds": {k: round(float(np.median(v)), 2) for k, v in startup.items()},
-              "median_epoch_seconds_per_round": per_round, "median_epoch_seconds": med,
-              "ray1_over_plain_per_round": [round(x, 3) for x in ray1_ratio],
-              "ray2_over_ray1_per_round": [round(x, 3) for x in ray2_ratio],
-              "ray1_over_plain_ray_up_per_round": [round(x, 3) for x in loop_ratio],
-              "plain_ray_up_over_plain_per_round": [round(x, 3) for x in idle_ratio],
-              "plain_in_ray_task_over_plain_per_round": [round(x, 3) for x in task_ratio],
-              "ray1_over_plain_in_ray_task_per_round": [round(x, 3) for x in train_ratio],
-              "plain_in_ray_task_over_plain": round(float(np.median(task_ratio)), 3),
-              "ray1_over_plain_in_ray_task": round(float(np.median(train_ratio)), 3),
-              "ray1_over_plain_ray_up": round(float(np.median(loop_ratio)), 3),
-              "plain_ray_up_over_plain": round(float(np.median(idle_ratio)), 3),
-              "ray1_over_plain": round(float(np.median(ray1_ratio)), 3),
-              "ray2_over_ray1": round(float(np.median(ray2_ratio)), 3)}
+              "median_epoch_seconds_per_round": per_round, "median_epoch_seconds": med}
+    ratios = {"ray1_over_plain": ("ray_1", "plain"), "ray2_over_ray1": ("ray_2", "ray_1"),
+              "ray1_over_plain_ray_up": ("ray_1", "plain_ray_up"), "plain_ray_up_over_plain": ("plain_ray_up", "plain"),
+              "plain_in_ray_task_over_plain": ("plain_in_ray_task", "plain"),
+              "ray1_over_plain_in_ray_task": ("ray_1", "plain_in_ray_task")}
+    for name, (num, den) in ratios.items():  # within each round, then the median round
+        per = [a / b for a, b in zip(per_round[num], per_round[den])]
+        record[f"{name}_per_round"] = [round(x, 3) for x in per]
+        record[name] = round(float(np.median(per)), 3)
     path = write("pretrain", record, args.out)
     print(table([(k, round(v, 2), round(args.images / v, 1), record["startup_seconds"][k]) for k, v in med.items()],
                 (f"MAE {args.model} @{args.size}, {args.images} images", "s/epoch", "images/s", "start-up s")))
