@@ -114,8 +114,9 @@ def main() -> None:
 
     def timed(key, fn):
         t0 = time.perf_counter()
-        fn()
+        result = fn()
         walls[key].append(time.perf_counter() - t0)
+        return result
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -124,12 +125,13 @@ def main() -> None:
                                  "crop": [encode_png(im) for im in images]}), tmp / "regions" / "regions" / "p.parquet")
         init_mlflow(tmp / "work", "bench")
         for r in range(args.rounds):
-            timed("plain", lambda: runs["plain"].append(plain_loop(images, cfg_plain)))  # no Ray running at all
+            runs["plain"].append(timed("plain", lambda: plain_loop(images, cfg_plain)))  # no Ray running at all
             ray.init(include_dashboard=False, log_to_driver=False)
             try:
-                timed("plain_ray_up", lambda: runs["plain_ray_up"].append(plain_loop(images, cfg_plain)))  # Ray idle
-                timed("plain_in_ray_task", lambda: runs["plain_in_ray_task"].append(
-                    ray.get(ray.remote(num_cpus=2)(in_ray_task).remote(images, cfg_plain))))
+                runs["plain_ray_up"].append(timed("plain_ray_up", lambda: plain_loop(images, cfg_plain)))  # Ray idle
+                task = ray.remote(num_cpus=2)(in_ray_task)
+                runs["plain_in_ray_task"].append(timed("plain_in_ray_task",
+                                                       lambda: ray.get(task.remote(images, cfg_plain))))
                 for workers in (1, 2):
                     cfg = load_config(overrides=overrides(args, workers) + [f"run.work_dir={tmp / 'work'}"])
                     out = tmp / f"enc{workers}_{r}"
