@@ -25,6 +25,26 @@ class RayRuntime:
     gpus: float
 
 
+# Ray Train's control loop, set through the environment variables Ray Train reads (a user's own values win).
+# The controller polls its workers every 2 s by default, so a finished run is noticed up to seconds late and
+# every run pays that at its end; a poll is one small actor call per worker. On a single machine started by
+# the platform there is no node to be drained, so Ray Train's preemption watcher (one more process per run)
+# has nothing to watch. See docs/reliability.md for the measured effect.
+TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
+LOCAL_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
+
+def apply_train_env(local: bool) -> dict[str, str]:
+    """Set Ray Train's settings above unless already set; returns the values in effect.
+
+    Called before a local Ray starts, so that its worker processes (Tune trials that fit their own
+    trainers among them) inherit them; a driver joining a cluster passes them to each run it starts.
+    """
+    for key, value in {**TRAIN_ENV, **(LOCAL_TRAIN_ENV if local else {})}.items():
+        os.environ.setdefault(key, value)
+    return {k: os.environ[k] for k in {**TRAIN_ENV, **LOCAL_TRAIN_ENV} if k in os.environ}
+
+
 def ray_address() -> Optional[str]:
     """The cluster to join (``RAY_ADDRESS``), or None for a local Ray."""
     return os.environ.get("RAY_ADDRESS") or None
@@ -40,6 +60,7 @@ def init_ray(num_cpus: Optional[int] = None) -> RayRuntime:
 
     address = ray_address()
     if not ray.is_initialized():
+        apply_train_env(local=not address)
         if address:
             log.info("joining the Ray cluster at %s", address)
             ray.init(address=address, log_to_driver=True)

@@ -28,6 +28,7 @@ from ..data.labelled import list_labelled
 from ..evaluation.folds import assign_folds, folds_digest, load_folds, save_folds
 from ..evaluation.metrics import class_groups, fold_metrics, summarise
 from ..subtypes import SUBTYPES
+from ..training.inline import fits_inline, split_inputs
 from .outputs import staged_output
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,33 @@ def load_resize(batch: dict, size: int) -> dict:
     return {"image": np.stack(imgs), "label": batch["label"], "idx": batch["idx"], "fold": batch["fold"]}
 
 
+def decoded_images(items: list[dict], size: int, inline_mb: float):
+    """Every labelled image resized to ``size``, with label, idx and fold: arrays in this process when they
+    fit ``run.inline_data_mb``, else a materialised Ray dataset decoded by Ray Data."""
+    import ray
+
+    if fits_inline(len(items) * size * size * 3, inline_mb):
+        return load_resize({k: [it[k] for it in items] for k in ("path", "label", "idx", "fold")}, size)
+    ds = ray.data.from_items(items, override_num_blocks=min(len(items), 16))
+    return ds.map_batches(load_resize, fn_kwargs={"size": size}).materialize()
+
+
+def fold_split(images, fold: int | str) -> tuple:
+    """(train, held-out) parts for ``fold`` (``"final"``: every sample, no held-out part), as arrays or as
+    materialised datasets (here, so that no data task waits for CPUs the trainers hold)."""
+    final = fold == "final"
+    if isinstance(images, dict):
+        train = np.ones(len(images["fold"]), bool) if final else np.asarray(images["fold"]) != fold
+        return ({"image": images["image"][train], "label": np.asarray(images["label"])[train]},
+                None if final else {"image": images["image"][~train], "idx": np.asarray(images["idx"])[~train]})
+    from ray.data.expressions import col
+
+    if final:
+        return images.select_columns(["image", "label"]).materialize(), None
+    return (images.filter(expr=col("fold") != fold).select_columns(["image", "label"]).materialize(),
+            images.filter(expr=col("fold") == fold).select_columns(["image", "idx"]).materialize())
+
+
 def fit_fold(cfg_json: dict, fold: int | str, train, val, meta: dict) -> dict:
     """One fold (or ``fold="final"``: every sample, no held-out part) as a Ray Train run, inside a Ray task.
 
@@ -70,16 +98,17 @@ def fit_fold(cfg_json: dict, fold: int | str, train, val, meta: dict) -> dict:
     gpus = int(ray.cluster_resources().get("GPU", 0))
     use_gpu = ft.use_gpu if ft.use_gpu is not None else gpus > 0
     final = fold == "final"
+    datasets, inline = split_inputs({"train": train} if final else {"train": train, "val": val})
     trainer = TorchTrainer(
         finetune_loop_per_worker,
         train_loop_config={"cfg": cfg_json, "train_rows": meta["train_rows"][fold],
                            "num_classes": meta["num_classes"], "class_counts": meta["class_counts"],
                            "tracking_uri": meta["tracking_uri"], "mlflow_run_id": meta["fold_runs"][fold],
-                           "has_val": not final, "export_model": final},
+                           "has_val": not final, "export_model": final, "inline": inline},
         scaling_config=ScalingConfig(num_workers=ft.num_workers, use_gpu=use_gpu,
                                      resources_per_worker=None if use_gpu else {"CPU": meta["cpus_per_worker"]}),
         run_config=RunConfig(name=f"{meta['name']}-{'final' if final else f'fold{fold}'}", storage_path=meta["storage"]),
-        datasets={"train": train} if final else {"train": train, "val": val},
+        datasets=datasets,
     )
     result = trainer.fit()
     with result.checkpoint.as_directory() as d:
@@ -117,8 +146,7 @@ def run_finetune(labelled: str | Path, out: str | Path, cfg: Config, folds_file:
     k = max(folds.values()) + 1
     y = np.array([classes.index(lab) for lab in labels])
     items = [{"path": str(p), "label": int(y[i]), "idx": i, "fold": folds[ids[i]]} for i, (p, _) in enumerate(pairs)]
-    ds = ray.data.from_items(items, override_num_blocks=min(len(items), 16))
-    ds = ds.map_batches(load_resize, fn_kwargs={"size": int(round(ft.image_size * 1.15))}).materialize()
+    images = decoded_images(items, int(round(ft.image_size * 1.15)), cfg.run.inline_data_mb)
     name = name or f"finetune-{cfg.finetune.digest()[:8]}"
     storage = storage or str((Path(cfg.run.work_dir) / "ray_results").resolve())
     counts = np.bincount(y, minlength=len(classes))
@@ -142,14 +170,8 @@ def run_finetune(labelled: str | Path, out: str | Path, cfg: Config, folds_file:
         task = ray.remote(num_cpus=0)(fit_fold)
         cfg_json = cfg.model_dump(mode="json")
         pending, results = [], []
-        from ray.data.expressions import col
-
-        for f in jobs:  # materialised here: no data task may wait for CPUs the trainers hold
-            if f == "final":  # every sample, the model that `activessf register` deploys
-                train, val = ds.select_columns(["image", "label"]).materialize(), None
-            else:
-                train = ds.filter(expr=col("fold") != f).select_columns(["image", "label"]).materialize()
-                val = ds.filter(expr=col("fold") == f).select_columns(["image", "idx"]).materialize()
+        for f in jobs:
+            train, val = fold_split(images, f)
             pending.append(task.remote(cfg_json, f, train, val, meta))
             if len(pending) >= parallel:
                 done, pending = ray.wait(pending, num_returns=1)

@@ -3,8 +3,9 @@
 Sources (``pretrain.source``): ``selected`` - the regions a selection kept
 (ActiveSSF); ``filtered`` - every filtered region (CRF only); ``fields`` -
 random crops of whole smear fields (no filtering). Images are decoded and
-resized once with Ray Data, then streamed to the workers as dataset shards;
-augmentations run in the workers.
+resized once: in this process when the decoded set fits ``run.inline_data_mb``
+(it then travels to the workers in memory), else by Ray Data, streamed to the
+workers as dataset shards. Augmentations run in the workers.
 
 Output (``OUT``):
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -29,6 +31,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from ..config import Config, flatten, save_config
+from ..training.inline import fits_inline, split_inputs
 from .outputs import staged_output
 
 log = logging.getLogger(__name__)
@@ -71,32 +74,52 @@ def field_crops(batch: dict, size: int, crop: int, per_field: int, seed: int) ->
 
 
 def training_images(cfg: Config, regions: Optional[Path], selection: Optional[Path], fields: Optional[str]):
-    """The training set as a materialised Ray dataset of {"image": uint8 (S, S, 3)}."""
+    """The training set: ``{"image": uint8 (N, S, S, 3)}`` in memory when it fits ``run.inline_data_mb``,
+    else a materialised Ray dataset of such rows (decoded in parallel by Ray Data)."""
+    size = source_size(cfg.pretrain.image_size)
+    if cfg.pretrain.source == "fields":
+        return field_images(cfg, fields, size)
+    if regions is None:
+        raise ValueError(f"pretrain.source={cfg.pretrain.source} needs --regions (the filter output)")
+    keep = selected_ids(selection) if cfg.pretrain.source == "selected" else None
+    table = Path(regions) / "regions"
+    rows = len(keep) if keep is not None else pq.read_table(table, columns=["region_id"]).num_rows
+    if fits_inline(rows * size * size * 3, cfg.run.inline_data_mb):
+        t = pq.read_table(table, columns=["region_id", "crop"]).to_pydict()
+        crops = [c for r, c in zip(t["region_id"], t["crop"]) if keep is None or r in keep]
+        return decode_resize({"crop": crops}, size)
     import ray
 
-    size = source_size(cfg.pretrain.image_size)
-    src = cfg.pretrain.source
-    if src == "fields":
-        if not fields:
-            raise ValueError("pretrain.source=fields needs --fields (smear images: directory, glob or URI)")
-        from ..data.sources import list_inputs
-
-        items = [{"path": p.decode() if isinstance(p, bytes) else p} for p in list_inputs(fields)]
-        ds = ray.data.from_items(items).map_batches(
-            field_crops, fn_kwargs={"size": size, "crop": 160, "per_field": 4, "seed": cfg.run.seed})
-        return ds.materialize()
-    if regions is None:
-        raise ValueError(f"pretrain.source={src} needs --regions (the filter output)")
-    ds = ray.data.read_parquet(str(Path(regions) / "regions")).select_columns(["region_id", "crop"])
-    if src == "selected":
-        if selection is None:
-            raise ValueError("pretrain.source=selected needs --selection (the output of `activessf select`)")
-        t = pq.read_table(Path(selection) / "selection", columns=["region_id", "selected"]).to_pydict()
-        keep = {r for r, s in zip(t["region_id"], t["selected"]) if s}
-        if not keep:
-            raise ValueError(f"the selection in {selection} kept no region: nothing to pretrain on")
+    ds = ray.data.read_parquet(str(table)).select_columns(["region_id", "crop"])
+    if keep is not None:
         ds = ds.filter(lambda row: row["region_id"] in keep)
     return ds.map_batches(decode_resize, fn_kwargs={"size": size}).materialize()
+
+
+def selected_ids(selection: Optional[Path]) -> set:
+    """Ids of the regions a selection kept (an error when there is no selection or it kept nothing)."""
+    if selection is None:
+        raise ValueError("pretrain.source=selected needs --selection (the output of `activessf select`)")
+    t = pq.read_table(Path(selection) / "selection", columns=["region_id", "selected"]).to_pydict()
+    keep = {r for r, s in zip(t["region_id"], t["selected"]) if s}
+    if not keep:
+        raise ValueError(f"the selection in {selection} kept no region: nothing to pretrain on")
+    return keep
+
+
+def field_images(cfg: Config, fields: Optional[str], size: int):
+    """Random crops of whole fields (the no-filter ablation), in memory or as a Ray dataset as above."""
+    if not fields:
+        raise ValueError("pretrain.source=fields needs --fields (smear images: directory, glob or URI)")
+    from ..data.sources import list_inputs
+
+    items = [{"path": p.decode() if isinstance(p, bytes) else p} for p in list_inputs(fields)]
+    crops = {"size": size, "crop": 160, "per_field": 4, "seed": cfg.run.seed}
+    if fits_inline(len(items) * crops["per_field"] * size * size * 3, cfg.run.inline_data_mb):
+        return field_crops({"path": [i["path"] for i in items]}, **crops)
+    import ray
+
+    return ray.data.from_items(items).map_batches(field_crops, fn_kwargs=crops).materialize()
 
 
 def scaling(cfg: Config):
@@ -111,6 +134,12 @@ def scaling(cfg: Config):
     # On CPU the workers share the machine: each gets its share of cores (and as many torch threads).
     per_worker = 1 if use_gpu else max(1, cpus // workers)
     return ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": per_worker})
+
+
+def startup_seconds(fit_started: float, timeline: dict) -> dict:
+    """When ``fit()`` was called (epoch seconds) and the seconds from it to each start-up mark of the loop
+    (the last worker attempt's: after a restart, the restart's)."""
+    return {"fit_started": fit_started, **{f"fit_to_{k}": round(v - fit_started, 2) for k, v in timeline.items()}}
 
 
 def run_pretrain(
@@ -139,13 +168,15 @@ def run_pretrain(
     p = cfg.pretrain
     sc = scaling(cfg)
     method_class(p, max(p.batch_size // (sc.num_workers * p.accum_steps), 1))  # fails here, not in a worker
-    ds = training_images(cfg, Path(regions) if regions else None, Path(selection) if selection else None, fields)
-    rows = ds.count()
+    images = training_images(cfg, Path(regions) if regions else None, Path(selection) if selection else None, fields)
+    rows = len(images["image"]) if isinstance(images, dict) else images.count()
     if rows < p.batch_size:
         log.warning("only %d training images for a batch of %d: lower pretrain.batch_size", rows, p.batch_size)
     name = name or f"pretrain-{p.method}-{p.source}-{cfg.pretrain.digest()[:8]}"
     storage = storage or str((Path(cfg.run.work_dir) / "ray_results").resolve())
-    sample = np.stack([r["image"] for r in ds.take(8)]) if rows else None
+    sample = (images["image"][:8] if isinstance(images, dict) else np.stack([r["image"] for r in images.take(8)])) \
+        if rows else None
+    datasets, inline = split_inputs({"train": images})
     with staged_output(out, overwrite) as stage, mlflow.start_run(
         run_name=f"pretrain-{p.method}", nested=mlflow.active_run() is not None
     ) as run:
@@ -159,6 +190,7 @@ def run_pretrain(
             "sample_images": sample,
             "marker": str(Path(storage) / name / "failed_once"),
             "viz_dir": str(stage / "reconstructions"),
+            "inline": inline,
             **(test_hooks or {}),
         }
         trainer = TorchTrainer(
@@ -168,8 +200,9 @@ def run_pretrain(
             run_config=RunConfig(name=name, storage_path=storage,
                                  checkpoint_config=CheckpointConfig(num_to_keep=p.keep_checkpoints),
                                  failure_config=FailureConfig(max_failures=max_failures)),
-            datasets={"train": ds},
+            datasets=datasets,
         )
+        fit_started = time.time()
         result = trainer.fit()
         with result.checkpoint.as_directory() as d:
             state = load_state(d)
@@ -186,6 +219,7 @@ def run_pretrain(
             "final_loss": state["history"][-1]["loss"] if state["history"] else None,
             "skipped_steps": state["guard"]["skipped"], "rollbacks": state["guard"]["rollbacks"],
             "lr_factor": state["guard"]["lr_factor"], "resumed": state["resumed"],
+            "startup": startup_seconds(fit_started, state.get("timeline", {})),
             "weights_digest": file_digest(stage / "encoder.pt"), "mlflow_run_id": run.info.run_id,
         }
         (stage / "encoder.json").write_text(json.dumps(record, indent=2))

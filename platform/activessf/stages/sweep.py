@@ -30,9 +30,11 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from ..config import Config, flatten, save_config, to_yaml
 from ..sweep.space import SearchSpace, load_space
+from ..training.inline import fits_inline, split_inputs
 from .outputs import staged_output
 
 log = logging.getLogger(__name__)
@@ -62,18 +64,23 @@ def selection_trial(config: dict, space: SearchSpace, base: dict, data: dict, re
     if len(keep) < cfg.pretrain.batch_size:
         raise ValueError(f"these settings select {len(keep)} regions, fewer than one batch of "
                          f"{cfg.pretrain.batch_size}: nothing to pretrain on")
-    train = regions_ds.filter(lambda row: row["region_id"] in keep).select_columns(["image"]).materialize()
+    if isinstance(regions_ds, dict):  # in memory (fits run.inline_data_mb)
+        mask = np.isin(regions_ds["region_id"], list(keep))
+        train = {"image": regions_ds["image"][mask]}
+    else:
+        train = regions_ds.filter(lambda row: row["region_id"] in keep).select_columns(["image"]).materialize()
+    datasets, inline = split_inputs({"train": train})
     trial = ray.tune.get_context()
     use_gpu = data["gpus"] > 0
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "rows": len(keep), "probe": data["probe"],
-                           "report_constants": {"selected": len(keep)}, "visualise_every": 0},
+                           "report_constants": {"selected": len(keep)}, "visualise_every": 0, "inline": inline},
         scaling_config=ScalingConfig(num_workers=cfg.sweep.num_workers, use_gpu=use_gpu,
                                      resources_per_worker=None if use_gpu else {"CPU": 1}),
         run_config=RunConfig(name=f"{trial.get_experiment_name()}-{trial.get_trial_id()}",
                              storage_path=data["storage"], callbacks=[TuneReportCallback()]),
-        datasets={"train": train},
+        datasets=datasets,
     )
     trainer.fit()
 
@@ -139,9 +146,13 @@ def selection_inputs(cfg: Config, regions: Path, embeddings: Path, labelled_embe
     probe = {"images": images, "labels": np.array([classes.index(n) for n in names]),
              "test": np.array([folds[i] == cfg.sweep.probe_fold for i in ids]),
              "num_classes": len(classes), "kind": cfg.sweep.probe}
-    ds = ray.data.read_parquet(str(Path(regions) / "regions")).select_columns(["region_id", "crop"])
-    ds = ds.map_batches(decode_resize, fn_kwargs={"size": source_size(cfg.pretrain.image_size),
-                                                  "keep": ["region_id"]}).materialize()
+    size = source_size(cfg.pretrain.image_size)
+    if fits_inline(len(region_ids) * size * size * 3, cfg.run.inline_data_mb):
+        t = pq.read_table(Path(regions) / "regions", columns=["region_id", "crop"]).to_pydict()
+        ds = decode_resize({"crop": t["crop"], "region_id": np.asarray(t["region_id"])}, size, keep=("region_id",))
+    else:
+        ds = ray.data.read_parquet(str(Path(regions) / "regions")).select_columns(["region_id", "crop"])
+        ds = ds.map_batches(decode_resize, fn_kwargs={"size": size, "keep": ["region_id"]}).materialize()
     data = {"region_ids": region_ids, "regions_x": regions_x, "labelled_x": lab_x,
             "labelled_y": np.asarray(lab_labels, dtype=object), "probe": probe, "storage": storage,
             "gpus": int(ray.cluster_resources().get("GPU", 0))}

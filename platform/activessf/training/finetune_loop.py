@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from ..config import Config
 from ..ssl.augment import classifier_view, eval_view
 from .checkpoint import save_state
+from .inline import dataset_shard
 from .loop import ShardFeed, Tracker, amp_settings
 from .schedule import lr_at, scaled_lr, set_lr
 
@@ -51,7 +52,7 @@ def finetune_loop_per_worker(config: dict) -> None:
     counts = torch.tensor(config["class_counts"], dtype=torch.float32)
     class_weight = (counts.sum() / (len(counts) * counts.clamp(min=1))).to(device) if ft.class_weights else None
     per_worker = max(ft.batch_size // world, 1)
-    feed = ShardFeed(ray.train.get_dataset_shard("train"), per_worker, config.get("cache_mb", 4096),
+    feed = ShardFeed(dataset_shard(config, "train"), per_worker, config.get("cache_mb", 4096),
                      seed=cfg.run.seed * 1000 + rank, prefill=True, balance_by="label" if ft.class_balanced else None)
     steps = max(config["train_rows"] // (per_worker * world), 1)
     lr = scaled_lr(ft.base_lr, ft.batch_size)
@@ -83,7 +84,7 @@ def finetune_loop_per_worker(config: dict) -> None:
             ray.train.report(metrics)
     result = {"loss": torch.tensor([h["loss"] for h in history])}
     if config.get("has_val", True):
-        idx, probs = gather(*predict(model, ray.train.get_dataset_shard("val"), eval_view(ft.image_size), device))
+        idx, probs = gather(*predict(model, dataset_shard(config, "val"), eval_view(ft.image_size), device))
         result.update(idx=torch.from_numpy(idx), probs=torch.from_numpy(probs))
     if config.get("export_model"):
         result["model"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}

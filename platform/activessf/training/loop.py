@@ -24,6 +24,7 @@ import torch
 from ..config import Config
 from .checkpoint import load_state, save_state
 from .guard import NonFiniteGuard
+from .inline import dataset_shard
 from .optim import param_groups
 from .schedule import lr_at, scaled_lr, set_lr
 
@@ -68,32 +69,50 @@ class Tracker:
 
     def __init__(self, uri: str | None, run_id: str | None, rank: int):
         self.on = bool(uri and run_id and rank == 0)
-        if self.on:
-            from mlflow.tracking import MlflowClient
+        self.run_id = run_id
+        if self.on:  # importing mlflow and opening its store take ~3 s: done beside the first steps
+            from concurrent.futures import ThreadPoolExecutor
 
-            self.client, self.run_id = MlflowClient(uri), run_id
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="mlflow-client")
+            self._client = self._pool.submit(_mlflow_client, uri)
+
+    @property
+    def client(self):
+        """The client, once the background thread has made it (only then may this thread import mlflow:
+        two threads importing mlflow's protobuf modules at once can fail to build their descriptors)."""
+        return self._client.result()
 
     def metrics(self, values: dict, step: int) -> None:
         if self.on:  # one batched write per epoch, not one per metric
+            client = self.client
             from mlflow.entities import Metric
 
             now = int(time.time() * 1000)
             batch = [Metric(k, float(v), now, step) for k, v in values.items()
                      if isinstance(v, (int, float)) and math.isfinite(v)]
-            self.client.log_batch(self.run_id, metrics=batch)
+            client.log_batch(self.run_id, metrics=batch)
 
     def artifact(self, path: Path, folder: str | None = None) -> None:
         if self.on:
             self.client.log_artifact(self.run_id, str(path), folder)
 
 
+def _mlflow_client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(uri)
+
+
 def train_loop_per_worker(config: dict) -> None:
+    timeline = {"loop_start": time.time()}  # wall clock, compared with fit()'s start by the caller
     import ray
     import ray.train
     import ray.train.torch
 
     from ..ssl import build_method
     from ..ssl.augment import make_views
+
+    timeline["imports_done"] = time.time()
 
     cfg = Config.model_validate(config["cfg"])
     p = cfg.pretrain
@@ -130,19 +149,21 @@ def train_loop_per_worker(config: dict) -> None:
     steps_per_epoch = max(config["rows"] // (per_worker * world), 1)
     lr = scaled_lr(p.base_lr, p.batch_size)
     tracker = Tracker(config.get("tracking_uri"), config.get("mlflow_run_id"), rank)
-    feed = ShardFeed(ray.train.get_dataset_shard("train"), per_worker, config.get("cache_mb", 2048),
+    feed = ShardFeed(dataset_shard(config, "train"), per_worker, config.get("cache_mb", 2048),
                      seed=cfg.run.seed * 1000 + rank)
     inject = set(config.get("inject_nan_steps", []))
     fail_at = config.get("fail_at_epoch")
     good = _snapshot(method, opt, scaler)  # the state a rollback returns to
+    timeline["model_ready"] = time.time()
 
     for epoch in range(start_epoch, p.epochs):
-        if fail_at is not None and epoch == fail_at and rank == world - 1 and _first_time(config["marker"]):
+        if fail_at is not None and epoch == fail_at and rank == world - 1 and _first_time(f"{config['marker']}-{epoch}"):
             time.sleep(3)  # test hook: a worker dies mid-run, once, a while after the last checkpoint
             os._exit(1)
         method.train()
         started, seen, losses, step = time.time(), 0, [], 0
         for step, batch in enumerate(feed.batches(epoch)):
+            timeline.setdefault("first_batch", time.time())
             x = batch["image"].to(device).permute(0, 3, 1, 2).contiguous()
             views = views_of(x)
             global_step = epoch * steps_per_epoch + step
@@ -167,6 +188,7 @@ def train_loop_per_worker(config: dict) -> None:
                 method.after_step(min((global_step + 1) / (steps_per_epoch * p.epochs), 1.0))
             losses.append(loss.item())
             seen += x.shape[0]
+            timeline.setdefault("first_step", time.time())
         elapsed = time.time() - started
         metrics = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
                    "lr": opt.param_groups[0]["lr"], "images_per_s": seen * world / max(elapsed, 1e-9),
@@ -189,6 +211,7 @@ def train_loop_per_worker(config: dict) -> None:
                     save_state(tmp, model=method.state_dict(), optimizer=opt.state_dict(),
                                scaler=scaler.state_dict(), guard=guard.state(), epoch=epoch + 1, history=history,
                                encoder=method.export_encoder(), optimizer_digest=optimizer_digest(opt),
+                               timeline=timeline,
                                resumed={"epoch": resumed_epoch, "optimizer_digest": resumed_digest or ""})
                     ckpt = ray.train.Checkpoint.from_directory(tmp)
                 ray.train.report(metrics, checkpoint=ckpt)
