@@ -343,6 +343,7 @@ def _ablation_args(p):
                    help="comma-separated SSL methods: mae, mocov3, convmae, mixmim (all four: Table II's full layout)")
     p.add_argument("--baselines", default="vit",
                    help="supervised rows from scratch: vit, resnet (evaluate.cnn_baseline), or both: resnet,vit")
+    p.add_argument("--rows", help='only these rows, comma-separated names as in the report (e.g. "ViT,MAE + CRF + ASS")')
     add_output_args(p)
 
 
@@ -357,7 +358,8 @@ def run_ablation_cmd(args) -> int:
     init_mlflow(cfg.run.work_dir, cfg.run.experiment)
     res = run_ablation(args.out, cfg, args.labelled, args.regions, args.selection, args.fields,
                        [m for m in args.methods.split(",") if m], args.overwrite,
-                       baselines=[b for b in args.baselines.split(",") if b])
+                       baselines=[b for b in args.baselines.split(",") if b],
+                       rows=[r.strip() for r in args.rows.split(",") if r.strip()] if args.rows else None)
     print(format_table2(res["runs"], res["pairs"], cfg.evaluate.significance, res["record"]["table2"]))
     print(f"report: {args.out}/report.html (and report.md)")
     return 0

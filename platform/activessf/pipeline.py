@@ -91,16 +91,24 @@ def run_pipeline(cfg: Config, smears: str, labelled: Path, register: bool = True
     save_config(cfg, work / "pipeline")
     with mlflow.start_run(run_name="pipeline", nested=mlflow.active_run() is not None) as run:
         mlflow.log_artifact(str(work / "pipeline" / "config.yaml"))
-        stages = {"filter": filter_stage(cfg, smears, work / "regions")}
-        stages["select"] = select_stage(cfg, Path(labelled), work)
-        stages["pretrain"] = pretrain_stage(cfg, work)
-        stages["finetune"] = finetune_stage(cfg, Path(labelled), work)
-        if register:
-            stages["register"] = register_stage(cfg, Path(stages["finetune"]["output"]))
+        steps = {"filter": lambda: filter_stage(cfg, smears, work / "regions"),
+                 "select": lambda: select_stage(cfg, Path(labelled), work),
+                 "pretrain": lambda: pretrain_stage(cfg, work),
+                 "finetune": lambda: finetune_stage(cfg, Path(labelled), work),
+                 "register": lambda: register_stage(cfg, work / "finetune" / "activessf")}
+        stages, seconds = {}, {}
+        for name, step in steps.items():
+            if name == "register" and not register:
+                continue
+            t0 = time.time()
+            stages[name] = step()
+            seconds[name] = round(time.time() - t0, 1)
+            log.info("pipeline: %s done in %.1f s", name, seconds[name])
         record = {"smears": smears, "labelled": str(labelled), "work_dir": str(work), "stages": stages,
                   "ray": {"started_local": ray_rt.started_local, "cpus": ray_rt.cpus, "gpus": ray_rt.gpus},
                   "mlflow": {"tracking_uri": tracking_uri(work), "run_id": run.info.run_id},
-                  "worker_package": worker_package_path(), "seconds": round(time.time() - started, 1)}
+                  "worker_package": worker_package_path(), "seconds": round(time.time() - started, 1),
+                  "stage_seconds": seconds}
         (work / "pipeline" / "pipeline.json").write_text(json.dumps(record, indent=2, default=str))
         mlflow.log_artifact(str(work / "pipeline" / "pipeline.json"))
     return record

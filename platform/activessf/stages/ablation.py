@@ -69,15 +69,29 @@ def rows_for(methods: Sequence[str], baselines: Sequence[str] = ("vit",)) -> lis
 
 
 def pairs_for(rows: list[dict]) -> dict[str, str]:
-    """Candidate row -> its baseline row: w/ and CRF-only against w/o ActiveSSF; MAE against the ViT."""
+    """Candidate row -> its baseline row: w/ and CRF-only against w/o ActiveSSF (or, when that row is
+    not run, against the ViT from scratch); MAE against the ViT."""
     names = {r["name"] for r in rows}
     pairs = {}
     for r in rows:
         if r["method"] and r["source"] != "fields":
-            pairs[r["name"]] = LABELS[r["method"]]
+            without = LABELS[r["method"]]
+            if without in names or "ViT" in names:
+                pairs[r["name"]] = without if without in names else "ViT"
     if "ViT" in names and LABELS[TABLE3_METHOD] in names:
         pairs[LABELS[TABLE3_METHOD]] = "ViT"
     return pairs
+
+
+def pick_rows(rows: list[dict], names: Optional[Sequence[str]]) -> list[dict]:
+    """The rows called ``names`` (all when None), in report order; an unknown name is an error."""
+    if names is None:
+        return rows
+    known = [r["name"] for r in rows]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown ablation rows {unknown}; with these methods and baselines the rows are {known}")
+    return [r for r in rows if r["name"] in names]
 
 
 def table3_rows(rows: list[dict]) -> list[dict]:
@@ -95,37 +109,35 @@ def finetune_overrides(cfg: Config, row: dict) -> list[str]:
 def run_ablation(out: str | Path, cfg: Config, labelled: str | Path, regions: Optional[str | Path],
                  selection: Optional[str | Path], fields: Optional[str], methods: Sequence[str] = ("mae",),
                  overwrite: bool = False, encoders: Optional[dict] = None,
-                 baselines: Sequence[str] = ("vit",)) -> dict:
-    """Run every row on the same folds and write the report. ``encoders`` may map
-    (method, source) to an existing `pretrain` output to reuse instead of pretraining."""
+                 baselines: Sequence[str] = ("vit",), rows: Optional[Sequence[str]] = None,
+                 finetunes: Optional[dict] = None) -> dict:
+    """Run every row (or the ``rows`` named) on the same folds and write the report.
+
+    ``encoders`` may map (method, source) to an existing `pretrain` output to reuse instead of
+    pretraining; ``finetunes`` a row name to an existing `finetune` output to reuse instead of
+    fine-tuning (every other row then uses its folds).
+    """
     import mlflow
 
-    from ..config import apply_overrides, build_config, merge
-    from ..evaluation.report import write_report
-    from .finetune import run_finetune
-    from .pretrain import run_pretrain
+    from ..evaluation.report import load_run, write_report
 
-    base = cfg.model_dump(mode="json")
+    finetunes = {name: Path(d) for name, d in (finetunes or {}).items()}
+    rows = pick_rows(rows_for(methods, baselines), rows)
+    folds_file = next((d / "folds.json" for d in finetunes.values()), None)
     with staged_output(out, overwrite) as stage, mlflow.start_run(
         run_name="ablation", nested=mlflow.active_run() is not None
     ):
-        folds_file, runs, rows = None, {}, rows_for(methods, baselines)
+        runs = {}
         for row in rows:
-            slug = row["name"].replace(" + ", "_").replace(" ", "").lower()
-            with mlflow.start_run(run_name=row["name"], nested=True):
-                over = finetune_overrides(cfg, row)
-                if row["method"]:
-                    reuse = (encoders or {}).get((row["method"], row["source"]))
-                    if reuse is None:
-                        pcfg = build_config(merge(base, {"pretrain": {"method": row["method"], "source": row["source"]}}))
-                        run_pretrain(stage / slug / "encoder", pcfg, regions, selection, fields,
-                                     name=f"ablation-{slug}-{pcfg.pretrain.digest()[:8]}")
-                        reuse = stage / slug / "encoder"
-                    over.append(f"finetune.init={reuse}")
-                fcfg = build_config(apply_overrides(base, over))
-                runs[row["name"]] = run_finetune(labelled, stage / slug / "finetune", fcfg, folds_file,
-                                                 name=f"ablation-{slug}")
-                folds_file = folds_file or stage / slug / "finetune" / "folds.json"
+            if row["name"] in finetunes:  # a finished run: its record, nothing retrained
+                runs[row["name"]] = load_run(finetunes[row["name"]])
+            else:
+                runs[row["name"]] = run_row(stage, cfg, row, labelled, regions, selection, fields, encoders,
+                                            folds_file)
+                folds_file = folds_file or stage / row_slug(row) / "finetune" / "folds.json"
+            if len({run["folds_digest"] for run in runs.values()}) > 1:
+                raise ValueError(f"row {row['name']!r} was evaluated on other folds than the rows before it: a "
+                                 "reused fine-tuning run must use the folds of the others (fine-tune it with --folds)")
         pairs = pairs_for(rows)
         write_report(runs, stage, "ActiveSSF ablation", pairs, ablation=table3_rows(rows),
                      level=cfg.evaluate.significance, table2={r["name"]: r["table2"] for r in rows if r["table2"]})
@@ -137,3 +149,33 @@ def run_ablation(out: str | Path, cfg: Config, labelled: str | Path, regions: Op
         mlflow.log_artifact(str(stage / "report.md"))
         mlflow.log_artifact(str(stage / "figure3.png"))
     return {"runs": runs, "pairs": pairs, "record": record}
+
+
+def run_row(stage: Path, cfg: Config, row: dict, labelled, regions, selection, fields, encoders: Optional[dict],
+            folds_file: Optional[Path]) -> dict:
+    """One row as an MLflow run: its pretraining (unless ``encoders`` has it), then k-fold fine-tuning."""
+    import mlflow
+
+    from ..config import apply_overrides, build_config, merge
+    from .finetune import run_finetune
+    from .pretrain import run_pretrain
+
+    base = cfg.model_dump(mode="json")
+    slug = row_slug(row)
+    with mlflow.start_run(run_name=row["name"], nested=True):
+        over = finetune_overrides(cfg, row)
+        if row["method"]:
+            reuse = (encoders or {}).get((row["method"], row["source"]))
+            if reuse is None:
+                pcfg = build_config(merge(base, {"pretrain": {"method": row["method"], "source": row["source"]}}))
+                run_pretrain(stage / slug / "encoder", pcfg, regions, selection, fields,
+                             name=f"ablation-{slug}-{pcfg.pretrain.digest()[:8]}")
+                reuse = stage / slug / "encoder"
+            over.append(f"finetune.init={reuse}")
+        return run_finetune(labelled, stage / slug / "finetune", build_config(apply_overrides(base, over)),
+                            folds_file, name=f"ablation-{slug}")
+
+
+def row_slug(row: dict) -> str:
+    """A row's folder name under the ablation output: "MAE + CRF + ASS" -> "mae_crf_ass"."""
+    return row["name"].replace(" + ", "_").replace(" ", "").lower()

@@ -1,7 +1,10 @@
 """Stage 2 on Ray Data: embed regions and labelled cells with a timm backbone.
 
 An actor pool loads the model once per actor (on a GPU each when the cluster
-has GPUs, else one CPU each). Output (``OUT``):
+has GPUs, else one CPU each). A set small enough for ``run.inline_data_mb``
+(at ``embed.image_size``) is embedded in this process instead, by the same
+code, without starting the pool (which costs each actor its imports and model:
+seconds that a few hundred crops do not repay). Output (``OUT``):
 
     embeddings/*.parquet   id, label (null for regions), embedding (fixed-size list of float32)
     errors.parquet         id, error: crops or files that could not be decoded
@@ -18,12 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..config import Config, EmbedConfig, save_config
 from ..data.decode import BadImage, decode_image
 from ..data.labelled import list_labelled
 from ..data.sources import read_bytes
+from ..training.inline import fits_inline
 from .outputs import staged_output
 
 log = logging.getLogger(__name__)
@@ -40,6 +45,7 @@ class EmbedBatch:
     """Ray Data actor UDF: the backbone loads once in ``__init__``; batches of images in, features out."""
 
     CONFIG: dict = {}  # set on a subclass per run, so no constructor arguments travel separately
+    ONE_THREAD = True  # in an actor of the pool, one per CPU: Ray does the parallelism
 
     def __init__(self):
         import torch
@@ -49,8 +55,8 @@ class EmbedBatch:
 
         self.cfg = EmbedConfig(**self.CONFIG)
         self.device = select_device()
-        if self.device.type == "cpu":
-            torch.set_num_threads(1)  # one actor per CPU: Ray does the parallelism
+        if self.device.type == "cpu" and self.ONE_THREAD:
+            torch.set_num_threads(1)
         self.backbone = load_backbone(self.cfg.backbone, self.cfg.weights, self.device, self.cfg.seed)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
@@ -72,28 +78,60 @@ class EmbedBatch:
         return pa.Table.from_pylist(rows, embedding_schema(self.backbone.dim))
 
 
-def embedder(cfg: EmbedConfig) -> type:
-    return type("Embedder", (EmbedBatch,), {"CONFIG": cfg.model_dump()})
+def embedder(cfg: EmbedConfig, one_thread: bool = True) -> type:
+    return type("Embedder", (EmbedBatch,), {"CONFIG": cfg.model_dump(), "ONE_THREAD": one_thread})
+
+
+def region_table(regions_dir: str | Path) -> Path:
+    path = Path(regions_dir) / "regions"
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} not found: is {regions_dir} the output of `activessf filter`?")
+    return path
 
 
 def region_items(regions_dir: str | Path):
     """The regions table of a filter output, as a Ray dataset of (id, crop)."""
     import ray
 
-    path = Path(regions_dir) / "regions"
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path} not found: is {regions_dir} the output of `activessf filter`?")
+    path = region_table(regions_dir)
     return ray.data.read_parquet(str(path)).select_columns(["region_id", "crop"]).rename_columns({"region_id": "id"})
+
+
+def labelled_rows(spec: str | Path) -> list[dict]:
+    pairs = list_labelled(spec)
+    base = Path(spec) if Path(spec).is_dir() else Path(spec).parent
+    return [{"id": str(p.relative_to(base)) if p.is_relative_to(base) else str(p), "path": str(p), "label": lab}
+            for p, lab in pairs]
 
 
 def labelled_items(spec: str | Path):
     import ray
 
-    pairs = list_labelled(spec)
-    base = Path(spec) if Path(spec).is_dir() else Path(spec).parent
-    items = [{"id": str(p.relative_to(base)) if p.is_relative_to(base) else str(p), "path": str(p), "label": lab}
-             for p, lab in pairs]
+    items = labelled_rows(spec)
     return ray.data.from_items(items, override_num_blocks=min(len(items), 16))
+
+
+def source_rows(source: str, spec: str | Path) -> dict[str, list]:
+    """Every input of ``source`` as columns (``id`` and ``crop`` or ``path``, ``label``), read here."""
+    if source == "regions":
+        t = pq.read_table(region_table(spec), columns=["region_id", "crop"]).to_pydict()
+        return {"id": t["region_id"], "crop": t["crop"]}
+    rows = labelled_rows(spec)
+    return {k: [r[k] for r in rows] for k in ("id", "path", "label")}
+
+
+def count_inputs(source: str, spec: str | Path) -> int:
+    if source == "regions":
+        return pq.read_table(region_table(spec), columns=["region_id"]).num_rows
+    return len(list_labelled(spec))
+
+
+def embed_here(rows: dict[str, list], cfg: EmbedConfig) -> pa.Table:
+    """The actor's UDF, run in this process over batches of ``rows``: one table of embeddings and errors."""
+    udf = embedder(cfg, one_thread=False)()
+    n = len(rows["id"])
+    parts = [udf({k: v[i : i + cfg.batch_size] for k, v in rows.items()}) for i in range(0, n, cfg.batch_size)]
+    return pa.concat_tables(parts) if parts else embedding_schema(udf.backbone.dim).empty_table()
 
 
 def run_embed(source: str, spec: str | Path, out: str | Path, cfg: Config, overwrite: bool = False) -> dict:
@@ -107,27 +145,15 @@ def run_embed(source: str, spec: str | Path, out: str | Path, cfg: Config, overw
                     "(weights_digest 'random-init')", cfg.embed.backbone)
     gpus = int(ray.cluster_resources().get("GPU", 0))
     cpus = max(int(ray.cluster_resources().get("CPU", 1)), 1)
-    actors = gpus or cpus
-    # Read and split into blocks first: an actor pool reserving every CPU would starve any
-    # read or repartition task running in the same pipeline.
-    ds = (region_items(spec) if source == "regions" else labelled_items(spec)).materialize()
-    ds = ds.repartition(max(1, min(4 * actors, -(-ds.count() // cfg.embed.batch_size)))).materialize()
+    here = fits_inline(count_inputs(source, spec) * cfg.embed.image_size ** 2 * 3, cfg.run.inline_data_mb)
     with staged_output(out, overwrite) as stage:
         started = time.time()
-        ds = ds.map_batches(
-            embedder(cfg.embed),
-            batch_size=cfg.embed.batch_size,
-            num_gpus=1 if gpus else 0,
-            num_cpus=1,
-            compute=ray.data.ActorPoolStrategy(size=actors),
-        ).materialize()
+        if here:
+            write_here(embed_here(source_rows(source, spec), cfg.embed), stage)
+        else:
+            embed_on_ray(source, spec, cfg.embed, gpus or cpus, gpus > 0, stage)
         seconds = time.time() - started
-        from ray.data.expressions import col
-
-        ds.filter(expr=col("error").is_null()).drop_columns(["error"]).write_parquet(str(stage / "embeddings"))
-        errors = ds.filter(expr=col("error").is_not_null()).select_columns(["id", "error"]).take_all()
-        pq.write_table(pa.Table.from_pylist(errors, pa.schema([("id", pa.string()), ("error", pa.string())])),
-                       stage / "errors.parquet")
+        errors = pq.read_metadata(stage / "errors.parquet").num_rows
         schema = pq.read_schema(next((stage / "embeddings").glob("*.parquet")))
         embedded = sum(pq.read_metadata(f).num_rows for f in (stage / "embeddings").glob("*.parquet"))
         from ..features.backbone import RANDOM_INIT, file_digest, resolve_weights
@@ -141,14 +167,39 @@ def run_embed(source: str, spec: str | Path, out: str | Path, cfg: Config, overw
             "random_init": cfg.embed.weights is None,
             "dim": schema.field("embedding").type.list_size,
             "embedded": embedded,
-            "failed": len(errors),
+            "failed": errors,
             "seconds": round(seconds, 2),
             "images_per_s": round(embedded / seconds, 2) if seconds > 0 else None,
-            "devices": f"{gpus} GPU actors" if gpus else f"{cpus} CPU actors",
+            "devices": "this process (a small set)" if here else f"{gpus} GPU actors" if gpus else f"{cpus} CPU actors",
         }
         (stage / "embed.json").write_text(json.dumps(meta, indent=2))
         save_config(cfg, stage)
     return meta
+
+
+def write_here(table: pa.Table, stage: Path) -> None:
+    """``embeddings/`` (the rows without an error) and ``errors.parquet`` of a table made in this process."""
+    ok = pc.is_null(table.column("error"))
+    (stage / "embeddings").mkdir()
+    pq.write_table(table.filter(ok).drop_columns(["error"]), stage / "embeddings" / "part-0.parquet")
+    pq.write_table(table.filter(pc.invert(ok)).select(["id", "error"]), stage / "errors.parquet")
+
+
+def embed_on_ray(source: str, spec: str | Path, cfg: EmbedConfig, actors: int, gpus: bool, stage: Path) -> None:
+    """The set embedded by an actor pool of ``actors`` (one GPU or one CPU each); the workers write."""
+    import ray
+    from ray.data.expressions import col
+
+    # Read and split into blocks first: an actor pool reserving every CPU would starve any
+    # read or repartition task running in the same pipeline.
+    ds = (region_items(spec) if source == "regions" else labelled_items(spec)).materialize()
+    ds = ds.repartition(max(1, min(4 * actors, -(-ds.count() // cfg.batch_size)))).materialize()
+    ds = ds.map_batches(embedder(cfg), batch_size=cfg.batch_size, num_gpus=1 if gpus else 0, num_cpus=1,
+                        compute=ray.data.ActorPoolStrategy(size=actors)).materialize()
+    ds.filter(expr=col("error").is_null()).drop_columns(["error"]).write_parquet(str(stage / "embeddings"))
+    errors = ds.filter(expr=col("error").is_not_null()).select_columns(["id", "error"]).take_all()
+    pq.write_table(pa.Table.from_pylist(errors, pa.schema([("id", pa.string()), ("error", pa.string())])),
+                   stage / "errors.parquet")
 
 
 def read_embeddings(out: str | Path) -> tuple[list[str], list, np.ndarray, dict]:
