@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import secrets
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,11 +42,165 @@ def bccd() -> Path:
     return BCCD
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    """One real local Ray per test module (2 CPUs), shut down afterwards."""
+# ------------------------------------------------------------------ Ray: one local cluster per session
+
+# Order of the session: tests that need no Ray, then those sharing the session's local Ray, then those that
+# start a Ray of their own (a `ray start --head`, a subprocess's local Ray), after the shared one is stopped:
+# two Ray clusters never run on the machine at once.
+GROUPS = ("no Ray", "shared local Ray", "own Ray")
+
+
+def group_of(item) -> int:
+    if item.get_closest_marker("own_ray"):
+        return 2
+    return 1 if item.get_closest_marker("ray") else 0
+
+
+# Session fixtures that take minutes: the first test that uses one pays for it within its time limit.
+SLOW_FIXTURES = {"demo_job": 900}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("own_ray"):
+            item.add_marker(pytest.mark.ray)
+    items.sort(key=group_of)  # stable: modules stay together within a group
+    for name, seconds in SLOW_FIXTURES.items():
+        first = next((i for i in items if name in getattr(i, "fixturenames", ())), None)
+        if first is not None:
+            first.add_marker(pytest.mark.timeout(seconds))
+
+
+@pytest.fixture(scope="session")
+def _shared_ray():
+    """The session's local Ray (2 CPUs), started by the first test that asks and stopped at the end."""
     from activessf.runtime import init_ray, shutdown_ray
 
-    rt = init_ray(num_cpus=2)
-    yield rt
+    yield lambda: init_ray(num_cpus=2)
     shutdown_ray()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(_shared_ray):
+    """A real local Ray shared by every test of the session (named actors carry unique names; each test's
+    outputs, Train runs and MLflow store live in its own temporary directory)."""
+    return _shared_ray()
+
+
+@pytest.fixture(scope="session")
+def own_ray():
+    """For tests that start a Ray of their own: the shared local Ray stops first (they run last)."""
+    from activessf.runtime import shutdown_ray
+
+    shutdown_ray()
+
+
+@pytest.fixture(autouse=True)
+def _ray_marked_honestly(request):
+    """A test that leaves a Ray running in this process must be marked `ray` (`make test-fast` skips those)."""
+    import sys
+
+    before = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+    yield
+    after = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+    if after and not before and not request.node.get_closest_marker("ray"):
+        pytest.fail("this test started Ray but is not marked `ray`: mark it (pytestmark = pytest.mark.ray)")
+
+
+# ------------------------------------------------------------------ data shared by the session's Ray tests
+
+# The small encoder every embedding test uses (a random-init ResNet at 48 px) and the filter setting that
+# finds enough regions on 512x384 synthetic fields to pretrain on.
+EMBED_TINY = ["embed.backbone=test_resnet", "embed.image_size=48", "embed.batch_size=16", "filter.min_box=40"]
+
+
+@pytest.fixture(scope="session")
+def synthetic(tmp_path_factory) -> Path:
+    """6 synthetic smear fields (512x384) with ground truth and 55 labelled crops (5 per subtype)."""
+    from activessf.config import SynthConfig
+    from activessf.data import synth
+
+    root = tmp_path_factory.mktemp("synthetic")
+    synth.generate(SynthConfig(images=6, labelled=55, width=512, height=384, workers=1), root, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def embedded(_shared_ray, synthetic, tmp_path_factory) -> dict:
+    """The fields filtered (Ray Data) and the regions and labelled crops embedded (EMBED_TINY): the regions
+    by Ray Data's actor pool (``run.inline_data_mb=0``), the labelled crops in this process (a small set)."""
+    from activessf.config import load_config
+    from activessf.stages.embed import run_embed
+    from activessf.stages.filter import run_filter
+
+    _shared_ray()
+    root = tmp_path_factory.mktemp("embedded")
+    cfg = load_config(overrides=EMBED_TINY)
+    run_filter(str(synthetic / "smears"), root / "regions", cfg)
+    streamed = load_config(overrides=EMBED_TINY + ["run.inline_data_mb=0"])
+    run_embed("regions", root / "regions", root / "emb_regions", streamed)
+    run_embed("labelled", synthetic / "labelled", root / "emb_labelled", cfg)
+    return {"data": synthetic, "regions": root / "regions", "emb_regions": root / "emb_regions",
+            "emb_labelled": root / "emb_labelled"}
+
+
+# ------------------------------------------------------------------ own Ray: a token-auth head and the demo job
+
+BIN = Path(sys.executable).parent
+JOB_API = "http://127.0.0.1:8265"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ray_cli(*args, env, timeout=120, cwd=None):
+    return subprocess.run([str(BIN / "ray"), *args], env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def head(tmp_path_factory, own_ray):
+    """`ray start --head` on 127.0.0.1 with token auth and its own token file (never the user's ~/.ray),
+    stopped at the end of the session."""
+    home = tmp_path_factory.mktemp("head")
+    token = home / "auth_token"
+    token.write_text(secrets.token_hex(16))
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    # `python` in a job's entrypoint is the head's: the venv that holds torch, ray and mlflow
+    env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), "PATH": f"{BIN}:{env['PATH']}"}
+    started = ray_cli("start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
+                      "--dashboard-host=127.0.0.1", "--dashboard-port=8265", "--num-cpus=2",
+                      "--disable-usage-stats", env=env)
+    try:
+        assert started.returncode == 0, started.stderr[-3000:]
+        yield env, home
+    finally:
+        ray_cli("stop", "--force", env=env)
+
+
+# The demo as the job: 3 fields, 55 labelled crops; small budgets. Its outputs (a 2-fold fine-tuning run
+# with a final fit, registered as `jobtest`; the ablation's ViT row on the same folds) are what the
+# fine-tuning, registry and serving tests check.
+DEMO_JOB = ["synth.images=3", "synth.labelled=55", "synth.width=512", "synth.height=384", "pretrain.epochs=2",
+            "pretrain.batch_size=2", "pretrain.num_workers=1", "finetune.epochs=1", "finetune.warmup_epochs=0",
+            "register.model_name=jobtest", "register.max_image_pixels=600000"]
+
+
+@pytest.fixture(scope="session")
+def demo_job(head) -> dict:
+    """`ray job submit` of jobs/demo.py (the library shipped with py_modules) to the head; waits for it."""
+    env, home = head
+    work = home / "job-work"
+    submit = ["job", "submit", "--address", JOB_API, "--working-dir", ".",
+              "--runtime-env-json", json.dumps({"py_modules": ["platform/activessf"]}), "--",
+              "python", "jobs/demo.py", "--work-dir", str(work), "--no-progress",
+              *[a for o in DEMO_JOB for a in ("--set", o)]]
+    out = ray_cli(*submit, env=env, cwd=REPO, timeout=840)  # waits for the job and streams its logs
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    from activessf.config import load_config
+
+    return {"env": env, "work": work, "stdout": out.stdout, "cfg": load_config(work / "demo" / "config.yaml"),
+            "job_id": re.search(r"raysubmit_\w+", out.stdout).group(0)}

@@ -126,3 +126,10 @@ def test_cli_prints_resolved_section():
                           "--set", "select.alpha=1"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert yaml.safe_load(out.stdout)["alpha"] == 1
+
+
+def test_pipeline_command_refuses_smears_without_labelled_cells(capsys):
+    from activessf.cli import main
+
+    assert main(["pipeline", "--smears", "fields/", "--work-dir", "w"]) == 2  # before any Ray starts
+    assert "--smears needs --labelled" in capsys.readouterr().err

@@ -1,96 +1,87 @@
-"""`ray job submit` against a real head started with `ray start --head` on loopback, token auth on.
+"""`ray job submit` against a real head started with `ray start --head` on loopback, token auth on,
+and the demo end to end as the job it runs.
 
-The head is the only Ray on the machine while these tests run (no module-scoped local Ray here).
+The head is the only Ray on the machine while these tests run: they run last in the session, after the
+shared local Ray has stopped (the `own_ray` marker).
 """
 
 import json
-import os
-import re
-import secrets
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
+import numpy as np
 import pytest
 
-pytestmark = pytest.mark.ray
+from activessf.imageio import read_rgb
+from activessf.subtypes import SUBTYPES
+from conftest import JOB_API, ray_cli
 
-BIN = Path(sys.executable).parent
-JOB_API = "http://127.0.0.1:8265"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def ray(*args, env, timeout=120, cwd=None):
-    return subprocess.run([str(BIN / "ray"), *args], env=env, cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def head(tmp_path_factory):
-    """A head with token auth, its own token file (never the user's ~/.ray), stopped afterwards."""
-    home = tmp_path_factory.mktemp("head")
-    token = home / "auth_token"
-    token.write_text(secrets.token_hex(16))
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    # `python` in a job's entrypoint is the head's: the venv that holds torch, ray and mlflow
-    env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), "PATH": f"{BIN}:{env['PATH']}"}
-    started = ray("start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
-                  "--dashboard-host=127.0.0.1", "--dashboard-port=8265", "--num-cpus=2",
-                  "--disable-usage-stats", env=env)
-    try:
-        assert started.returncode == 0, started.stderr[-3000:]
-        yield env, home
-    finally:
-        ray("stop", "--force", env=env)
+pytestmark = pytest.mark.own_ray
 
 
 def test_a_submit_without_the_token_is_refused(head, repo, tmp_path):
     env, _ = head
     anonymous = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")} | {"HOME": str(tmp_path)}
-    out = ray("job", "submit", "--address", JOB_API, "--no-wait", "--", "python", "-c", "print(1)",
-              env=anonymous, cwd=repo)
+    out = ray_cli("job", "submit", "--address", JOB_API, "--no-wait", "--", "python", "-c", "print(1)",
+                  env=anonymous, cwd=repo)
     assert out.returncode != 0
     assert "authentication" in (out.stdout + out.stderr).lower()
 
 
-def test_the_pipeline_job_runs_the_whole_method_on_the_head(head, repo):
+@pytest.mark.timeout(900)
+def test_the_demo_job_runs_the_whole_method_on_the_head(demo_job, repo):
+    """`activessf demo` as a Ray job (jobs/demo.py): the pipeline (filter, embed, select, pretrain,
+    fine-tune with a final fit, register) and the demo's scoring and from-scratch baseline, end to end."""
     import mlflow
 
-    env, home = head
-    work = home / "job-work"
-    submit = ["job", "submit", "--address", JOB_API, "--working-dir", ".",
-              "--runtime-env-json", json.dumps({"py_modules": ["platform/activessf"]}), "--",
-              "python", "jobs/pipeline.py", "--synthetic", "3", "--preset", "demo", "--work-dir", str(work),
-              "--no-progress", "--set", "synth.labelled=55", "--set", "synth.width=512", "--set", "synth.height=384",
-              "--set", "pretrain.epochs=2", "--set", "finetune.epochs=1", "--set", "register.model_name=jobtest"]
-    out = ray(*submit, env=env, cwd=repo, timeout=1200)  # waits for the job and streams its logs
-    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
-    job_id = re.search(r"raysubmit_\w+", out.stdout).group(0)
-    assert "succeeded" in ray("job", "status", "--address", JOB_API, job_id, env=env).stdout.lower()
+    work, out = demo_job["work"], demo_job["stdout"]
+    status = ray_cli("job", "status", "--address", JOB_API, demo_job["job_id"], env=demo_job["env"])
+    assert "succeeded" in status.stdout.lower()
 
     record = json.loads((work / "pipeline" / "pipeline.json").read_text())
     assert set(record["stages"]) == {"filter", "select", "pretrain", "finetune", "register"}
     assert record["ray"]["started_local"] is False  # the job joined the head, it did not start its own Ray
     # py_modules carried the library: workers import it from the job's runtime resources, not the checkout
     assert "runtime_resources" in record["worker_package"] and not record["worker_package"].startswith(str(repo))
-    assert record["stages"]["filter"]["summary"]["images_read"] == 3
-    assert record["stages"]["select"]["report"]["totals"]["selected"] > 0
-    assert (work / "encoder" / "encoder.pt").is_file()
+    assert (work / "encoder" / "encoder.pt").is_file() and np.isfinite(record["stages"]["pretrain"]["record"]["final_loss"])
     assert (work / "finetune" / "activessf" / "model" / "model.pt").is_file()
-    reg = record["stages"]["register"]
-    assert reg["model"] == "jobtest" and reg["promoted"]
 
-    mlflow.set_tracking_uri(record["mlflow"]["tracking_uri"])
-    run = mlflow.get_run(record["mlflow"]["run_id"])
-    assert run.info.status == "FINISHED" and run.info.run_name == "pipeline"
-    nested = mlflow.search_runs(experiment_ids=[run.info.experiment_id],
-                                filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'")
-    names = set(nested["tags.mlflow.runName"])
-    assert {"filter", "select", "register-jobtest"} <= names and len(names) >= 5
-    assert str(mlflow.MlflowClient().get_model_version_by_alias("jobtest", "champion").version) == reg["version"]
+    summary = json.loads((work / "demo" / "summary.json").read_text())
+    assert summary["fields"] == 3 and summary["labelled"] == 55
+    assert summary["counts"]["labelled"] == {name: 5 for name in SUBTYPES}
+    for name in SUBTYPES:
+        assert name in out
+    assert "mlflow ui --backend-store-uri sqlite:///" in out and "127.0.0.1" in out
+    stage1 = summary["stages"]["filter"]
+    assert stage1["summary"]["images_read"] == 3 and stage1["summary"]["images_failed"] == 0
+    assert (work / "regions" / "regions").is_dir() and (work / "regions" / "eval_megakaryocyte.json").is_file()
+    assert 0 <= stage1["eval"]["recall"] <= 1 and stage1["eval"]["truth_boxes"] > 0
+    assert "Stage 1, cell region filtering" in out
+    stage3 = summary["stages"]["select"]
+    assert 0 < stage3["report"]["totals"]["selected"] <= stage3["report"]["totals"]["regions"]
+    assert stage3["report"]["totals"]["regions"] == stage1["summary"]["regions_kept"]
+    assert len(stage3["report"]["clusters"]) == 11 and stage3["report"]["prototypes"]["labelled"] == 55
+    assert (work / "selection" / "prototypes.npz").is_file() and (work / "selection" / "evidence.json").is_file()
+    assert "Stages 2-3, prototypes and active sample selection" in out and "threshold" in out
+    table2 = summary["stages"]["finetune"]["table2"]
+    assert "| ViT |" in table2 and "| MAE w/ ActiveSSF |" in table2 and table2 in out  # Table II: w/ vs scratch
+    scratch = json.loads((work / "ablation" / "vit" / "finetune" / "metrics.json").read_text())
+    assert scratch["folds_digest"] == summary["stages"]["finetune"]["record"]["folds_digest"]  # the same folds
+    assert read_rgb(summary["contact_sheet"]).shape[0] >= 11 * 96  # one row per subtype
+
+    mlflow.set_tracking_uri(summary["mlflow"]["tracking_uri"])
+    run = mlflow.get_run(summary["mlflow"]["run_id"])
+    assert run.info.status == "FINISHED" and run.info.run_name == "demo"
+    assert run.data.params["images"] == "3" and run.data.metrics["labelled.CA-MK"] == 5
+    assert {"config.yaml", "subtypes.png"} <= {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    runs = mlflow.search_runs(experiment_ids=[run.info.experiment_id])
+    parent_of = dict(zip(runs["tags.mlflow.runName"], runs["tags.mlflow.parentRunId"]))
+    assert parent_of["pipeline"] == run.info.run_id and parent_of["filter-eval-megakaryocyte"] == run.info.run_id
+    pipeline_id = runs.loc[runs["tags.mlflow.runName"] == "pipeline", "run_id"].iloc[0]
+    assert pipeline_id == record["mlflow"]["run_id"]
+    assert parent_of["filter"] == parent_of["select"] == parent_of["register-jobtest"] == pipeline_id
+    # the demo ends in the registry, printing the command that serves its model
+    reg = summary["stages"]["register"]
+    assert reg["model"] == "jobtest" and reg["promoted"] and reg["alias"] == "champion"
+    assert str(reg["version"]) == "1" and "no champion yet" in reg["reason"]
+    assert f"models:/{reg['model']}@champion" in reg["serve"] and reg["serve"] in out
+    version = mlflow.MlflowClient().get_model_version_by_alias("jobtest", "champion")
+    assert str(version.version) == "1" and version.tags["activessf.promotion"] == "promoted"

@@ -4,11 +4,10 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from activessf.runtime import init_ray, select_device, shutdown_ray
+from activessf.runtime import apply_train_env, init_ray, select_device
 from activessf.tracking import init_mlflow, tracking_uri
 
 
@@ -64,18 +63,26 @@ print(json.dumps({"address": rt.address, "local": rt.started_local, "cpus": rt.c
 
 
 @pytest.mark.ray
-def test_local_ray_then_join_it(tmp_path):
+def test_local_ray_then_join_it(ray_cluster):
+    """The session's local Ray was started by init_ray; a second process joins it through RAY_ADDRESS."""
     import ray
 
-    rt = init_ray(num_cpus=2)
-    try:
-        assert rt.started_local and rt.address is None and rt.cpus == 2
-        assert init_ray() == rt  # idempotent
-        gcs = ray.get_runtime_context().gcs_address
-        env = {**os.environ, "RAY_ADDRESS": gcs}
-        out = subprocess.run([sys.executable, "-c", JOIN], env=env, capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0, out.stderr[-2000:]
-        joined = json.loads(out.stdout.strip().splitlines()[-1])
-        assert joined == {"address": gcs, "local": False, "cpus": 2.0, "nodes": 1}
-    finally:
-        shutdown_ray()
+    rt = ray_cluster
+    assert rt.started_local and rt.address is None and rt.cpus == 2
+    assert init_ray() == rt  # idempotent
+    gcs = ray.get_runtime_context().gcs_address
+    env = {**os.environ, "RAY_ADDRESS": gcs}
+    out = subprocess.run([sys.executable, "-c", JOIN], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    joined = json.loads(out.stdout.strip().splitlines()[-1])
+    assert joined == {"address": gcs, "local": False, "cpus": 2.0, "nodes": 1}
+
+
+def test_ray_train_settings_are_defaults_a_user_can_override(monkeypatch):
+    for key in ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"):
+        monkeypatch.setenv(key, "")  # recorded, so that the values set below are undone after the test
+        monkeypatch.delenv(key)
+    assert apply_train_env(local=False) == {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}  # a cluster keeps its watcher
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "1.5")
+    assert apply_train_env(local=True) == {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "1.5",  # the user's value wins
+                                           "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}  # nothing to drain locally

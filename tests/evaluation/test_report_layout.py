@@ -5,7 +5,7 @@ import pytest
 
 from activessf.evaluation.metrics import fold_metrics, summarise
 from activessf.evaluation.report import write_report
-from activessf.stages.ablation import pairs_for, rows_for, table3_rows
+from activessf.stages.ablation import pairs_for, pick_rows, rows_for, table3_rows
 
 CLASSES = ["a", "b", "c"]
 FOLDS = 5
@@ -58,3 +58,12 @@ def test_unknown_rows_are_refused_naming_the_choices():
         rows_for(["simclr"])
     with pytest.raises(ValueError, match=r"\['resnet18'\]"):
         rows_for(["mae"], baselines=["resnet18"])
+
+
+def test_a_subset_of_rows_pairs_with_what_is_there():
+    rows = pick_rows(rows_for(["mae"]), ["ViT", "MAE + CRF + ASS"])
+    assert [r["name"] for r in rows] == ["ViT", "MAE + CRF + ASS"]  # report order, whatever order asked
+    assert pairs_for(rows) == {"MAE + CRF + ASS": "ViT"}  # no w/o-ActiveSSF row here: against the scratch ViT
+    assert pairs_for(rows_for(["mae"]))["MAE + CRF + ASS"] == "MAE"
+    with pytest.raises(ValueError, match=r"unknown ablation rows \['MAE \+ ASS'\].*'MAE \+ CRF \+ ASS'"):
+        pick_rows(rows_for(["mae"]), ["MAE + ASS"])

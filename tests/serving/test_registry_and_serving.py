@@ -13,38 +13,27 @@ import numpy as np
 import pytest
 import requests
 
-from activessf.config import SynthConfig, load_config
 from activessf.data import synth
 
-pytestmark = pytest.mark.ray
-
-VIT = ["finetune.backbone=vit_tiny_patch16_224", "finetune.image_size=32", "finetune.epochs=1",
-       "finetune.warmup_epochs=0", "finetune.batch_size=8", "evaluate.folds=2", "finetune.final_fit=true",
-       "finetune.backbone_kwargs={img_size: 32, patch_size: 8, embed_dim: 32, depth: 1, num_heads: 2}",
-       "filter.min_box=40", "register.model_name=cells", "register.max_image_pixels=600000"]
+pytestmark = pytest.mark.own_ray  # the demo job's runs, made on the session's token-auth head
 
 
-@pytest.fixture(scope="module")
-def trained(ray_cluster, tmp_path_factory):
-    """Two fine-tuning runs with final fits: A on the default folds, B on other folds."""
-    from activessf.stages.finetune import run_finetune
-    from activessf.tracking import init_mlflow
-
-    root = tmp_path_factory.mktemp("reg")
-    synth.generate(SynthConfig(images=2, labelled=55, width=512, height=384, workers=1), root / "d", progress=False)
-    work = root / "w"
-    init_mlflow(work, "registry")
-    cfg = load_config(overrides=VIT + [f"run.work_dir={work}"])
-    a = run_finetune(root / "d" / "labelled", root / "a", cfg, name="A")
-    b = run_finetune(root / "d" / "labelled", root / "b", load_config(overrides=VIT + [f"run.work_dir={work}",
-                                                                                      "evaluate.seed=5", "run.seed=1"]), name="B")
-    return {"root": root, "work": work, "cfg": cfg, "a": a, "b": b}
+@pytest.fixture
+def trained(demo_job):
+    """The demo job's fine-tuning run with its final fit (``a``) and its ablation's ViT row (``b``, no
+    final fit), registered here under model names of their own (the job's own model, ``jobtest``, is
+    checked in test_job_submit.py). The promotion policy's other cases (a better, a worse, an
+    incomparable candidate) are tested on fixed numbers in test_promotion.py."""
+    work, cfg = demo_job["work"], demo_job["cfg"]
+    cfg = cfg.model_copy(update={"register": cfg.register.model_copy(update={"model_name": "cells"})})
+    return {"work": work, "cfg": cfg, "a": work / "finetune" / "activessf",
+            "b": work / "ablation" / "vit" / "finetune", "data": work / "data"}
 
 
 @pytest.fixture(autouse=True)
 def _store(request):
-    """Every test here talks to the module's store: MLflow's current URI is process-global state that
-    earlier tests (and the per-test environment reset) may have changed since the fixture ran."""
+    """Every test here talks to the demo job's store: MLflow's current URI is process-global state
+    that earlier tests (and the per-test environment reset) may have changed since the fixture ran."""
     if "trained" in request.fixturenames:
         from activessf.tracking import init_mlflow
 
@@ -54,9 +43,10 @@ def _store(request):
 def test_final_fit_writes_a_loadable_model(trained):
     from activessf.serving.classifier import CellClassifier
 
-    model_dir = trained["root"] / "a" / "model"
+    model_dir = trained["a"] / "model"
     spec = json.loads((model_dir / "model.json").read_text())
-    assert spec["classes"] == list(synth.SUBTYPES) and spec["folds_digest"] == trained["a"]["folds_digest"]
+    metrics = json.loads((trained["a"] / "metrics.json").read_text())
+    assert spec["classes"] == list(synth.SUBTYPES) and spec["folds_digest"] == metrics["folds_digest"]
     clf = CellClassifier.load(model_dir)
     crops = [np.random.default_rng(i).integers(0, 255, (40 + i, 50, 3), dtype=np.uint8) for i in range(3)]
     p = clf.probabilities(crops)
@@ -68,35 +58,31 @@ def test_registration_and_promotion_decisions(trained):
 
     from activessf.serving.registry import register
 
-    cfg, root = trained["cfg"], trained["root"]
-    first = register(root / "a", cfg)
+    cfg = trained["cfg"]
+    first = register(trained["a"], cfg)
     assert first["promoted"] and first["reason"] == "no champion yet" and first["version"] == "1"
-    again = register(root / "a", cfg)  # the same weights: registered, but the champion stays
+    again = register(trained["a"], cfg)  # the same weights: registered, but the champion stays
     assert not again["promoted"] and "same weights" in again["reason"] and again["version"] == "2"
-    other = register(root / "b", cfg)  # other folds: not comparable
-    assert not other["promoted"] and "different folds" in other["reason"]
-    forced = register(root / "b", cfg, force=True)
-    assert forced["promoted"] and forced["forced"]
+    forced = register(trained["a"], cfg, force=True)  # when the same weights go up anyway
+    assert forced["promoted"] and forced["forced"] and forced["version"] == "3"
     client = MlflowClient()
     champ = client.get_model_version_by_alias("cells", "champion")
-    assert str(champ.version) == forced["version"] == "4"
-    assert champ.tags["activessf.promotion_forced"] == "true" and champ.tags["activessf.promotion"] == "promoted"
-    kept = client.get_model_version("cells", "3")
-    assert kept.tags["activessf.promotion"] == "not promoted" and "different folds" in kept.tags["activessf.promotion_reason"]
-    assert json.loads(champ.tags["activessf.pr_auc_folds"]) == trained["b"]["summary"]["pr_auc"]["folds"]
+    assert str(champ.version) == "3" and champ.tags["activessf.promotion"] == "promoted"
+    assert champ.tags["activessf.promotion_forced"] == "true"
+    kept = client.get_model_version("cells", "2")
+    assert kept.tags["activessf.promotion"] == "not promoted" and "same weights" in kept.tags["activessf.promotion_reason"]
+    metrics = json.loads((trained["a"] / "metrics.json").read_text())
+    assert json.loads(champ.tags["activessf.pr_auc_folds"]) == metrics["summary"]["pr_auc"]["folds"]
     run = client.get_run(forced["mlflow_run_id"])
     assert run.data.params["forced"] == "True"
     assert "promotion.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
-def test_register_refuses_a_run_without_a_final_model(trained, tmp_path):
+def test_register_refuses_a_run_without_a_final_model(trained):
     from activessf.serving.registry import register
 
-    import shutil
-
-    shutil.copytree(trained["root"] / "a", tmp_path / "nomodel", ignore=shutil.ignore_patterns("model"))
     with pytest.raises(FileNotFoundError, match="finetune.final_fit=true"):
-        register(tmp_path / "nomodel", trained["cfg"])
+        register(trained["b"], trained["cfg"])  # the ablation's row ran cross-validation only
 
 
 def free_port() -> int:
@@ -112,7 +98,6 @@ def post(port: int, images: list[bytes], kinds: list[str]):
 
 
 def test_served_champion_finds_and_classifies_cells_and_refuses_bad_images(trained, tmp_path):
-    from activessf.config import FilterConfig
     from activessf.imageio import encode_png, read_rgb
     from activessf.regions.filter import filter_image
     from activessf.serving.registry import register
@@ -120,7 +105,7 @@ def test_served_champion_finds_and_classifies_cells_and_refuses_bad_images(train
 
     cfg = trained["cfg"].model_copy(update={"register": trained["cfg"].register.model_copy(
         update={"model_name": "served"})})
-    assert register(trained["root"] / "a", cfg)["promoted"]
+    assert register(trained["a"], cfg)["promoted"]
     port = free_port()
     bin_dir = Path(sys.executable).parent  # mlflow starts uvicorn from PATH
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(trained["work"]),
@@ -143,13 +128,15 @@ def test_served_champion_finds_and_classifies_cells_and_refuses_bad_images(train
                 pass
             assert server.poll() is None and time.time() < deadline, server_log()
             time.sleep(1)
-        field_path = trained["root"] / "d" / "smears" / "field_00000.png"
+        # the field where the served model's filter (the job's settings) finds the most regions
+        field_path = max(sorted((trained["data"] / "smears").glob("*.png")),
+                         key=lambda f: len(filter_image(read_rgb(f), cfg.filter).regions))
         field = field_path.read_bytes()
         cell = encode_png(read_rgb(field_path)[100:180, 100:190])
         res = post(port, [field, cell], ["field", "cell"])
         assert res.status_code == 200, res.text[:2000] + server_log()
         rows = res.json()["predictions"]
-        expected = filter_image(read_rgb(field_path), FilterConfig(min_box=40)).regions
+        expected = filter_image(read_rgb(field_path), cfg.filter).regions
         found = sorted((r["x"], r["y"], r["w"], r["h"]) for r in rows if r["image"] == 0)
         assert found == sorted((r.x, r.y, r.w, r.h) for r in expected) and len(found) > 0
         whole = [r for r in rows if r["image"] == 1]

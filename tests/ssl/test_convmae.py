@@ -111,22 +111,6 @@ def test_masked_pixels_do_not_reach_visible_latents():
     assert not torch.allclose(base, changed, atol=1e-3)  # visible pixels do count: the test can fail
 
 
-def test_loss_decreases_on_a_fixed_batch():
-    torch.manual_seed(0)
-    m = build_method(cfg(norm_pix_loss=False))
-    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
-    imgs = batch(4)
-    losses = []
-    for _ in range(15):
-        torch.manual_seed(1)  # the same masks every step: a fixed problem to fit
-        loss = m([imgs]).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert losses[-1] < 0.5 * losses[0], losses[::8]
-
-
 def test_exported_encoder_loads_strictly_into_timm():
     m = build_method(cfg())
     spec = ConvMAE.encoder_spec(cfg())

@@ -134,23 +134,25 @@ def test_mlflow_run_records_config_summary_and_figures(ray_cluster, inputs, tmp_
     assert {"config.yaml", "summary.json", "contact_sheet.png", "region_stats.png"} <= arts
 
 
-def test_cli_and_job_script_join_the_running_cluster(ray_cluster, inputs, tmp_path, repo):
+def test_cli_and_job_script_join_the_running_cluster(ray_cluster, inputs, tmp_path, repo, capsys):
+    """The CLI in this process (it joins the running Ray), the job script as a process of its own."""
     import ray
 
+    from activessf.cli import main
+
     good, _, _ = inputs
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     base = ["--input", str(good), "--work-dir", str(tmp_path / "w"), "--set", "filter.min_box=60"]
-    cli = subprocess.run([sys.executable, "-m", "activessf.cli", "filter", "--out", str(tmp_path / "a"), *base],
-                         env=env, capture_output=True, text=True, timeout=300)
-    assert cli.returncode == 0, cli.stderr[-3000:]
-    assert "regions kept" in cli.stdout and "images read      3" in cli.stdout
+    assert main(["filter", "--out", str(tmp_path / "a"), *base]) == 0
+    out = capsys.readouterr().out
+    assert "regions kept" in out and "images read      3" in out
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     job = subprocess.run([sys.executable, str(repo / "jobs" / "filter_regions.py"), "--out", str(tmp_path / "b"),
                           *base], env=env, capture_output=True, text=True, timeout=300, cwd=repo)
     assert job.returncode == 0, job.stderr[-3000:]
     assert rows_by_source(tmp_path / "a") == rows_by_source(tmp_path / "b")
-    again = subprocess.run([sys.executable, "-m", "activessf.cli", "filter", "--out", str(tmp_path / "a"), *base],
-                           env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 2 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
+    assert main(["filter", "--out", str(tmp_path / "a"), *base]) == 2
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and "Traceback" not in err
 
 
 def test_inputs_are_listed_sorted_and_missing_ones_explained(inputs, tmp_path):

@@ -5,29 +5,21 @@ import json
 import pandas as pd
 import pytest
 
-from activessf.config import SynthConfig, load_config
-from activessf.data import synth
-from activessf.stages.embed import run_embed
-from activessf.stages.filter import run_filter
+from activessf.config import load_config
 from activessf.stages.sweep import run_sweep
+from conftest import EMBED_TINY
 
 pytestmark = pytest.mark.ray
 
-TINY = ["embed.backbone=test_resnet", "embed.image_size=48", "embed.batch_size=16", "filter.min_box=40",
-        "pretrain.model=micro", "pretrain.image_size=32", "pretrain.patch_size=8", "pretrain.batch_size=4",
-        "pretrain.warmup_epochs=0", "evaluate.folds=2", "sweep.pretrain_epochs=2", "sweep.num_samples=3",
-        "sweep.probe=knn"]
+TINY = EMBED_TINY + ["pretrain.model=micro", "pretrain.image_size=32", "pretrain.patch_size=8",
+                     "pretrain.batch_size=4", "pretrain.warmup_epochs=0", "evaluate.folds=2",
+                     "sweep.pretrain_epochs=2", "sweep.num_samples=3", "sweep.probe=knn"]
 
 
 @pytest.fixture(scope="module")
-def data(ray_cluster, tmp_path_factory):
-    root = tmp_path_factory.mktemp("sweep")
-    synth.generate(SynthConfig(images=6, labelled=55, width=512, height=384, workers=1), root / "d", progress=False)
-    cfg = load_config(overrides=TINY)
-    run_filter(str(root / "d" / "smears"), root / "regions", cfg)
-    run_embed("regions", root / "regions", root / "emb_regions", cfg)
-    run_embed("labelled", root / "d" / "labelled", root / "emb_labelled", cfg)
-    return root
+def data(embedded):
+    """The session's filtered and embedded synthetic set (made with TINY's embed and filter settings)."""
+    return embedded
 
 
 @pytest.fixture
@@ -62,8 +54,8 @@ def test_selection_sweep_trains_inside_trials_and_writes_the_best_config(data, t
                          "  select.bound_mode: {choice: [quantile]}\n  select.q_high: {uniform: [0.99, 1.0]}\n"
                          "  prototypes.k: {choice: [4, 6]}\n")
     cfg = load_config(overrides=TINY + [f"run.work_dir={store}", "sweep.num_samples=1"])
-    best = run_sweep(sp, tmp_path / "out", cfg, regions=data / "regions", embeddings=data / "emb_regions",
-                     labelled_embeddings=data / "emb_labelled", labelled=data / "d" / "labelled", name="sel")
+    best = run_sweep(sp, tmp_path / "out", cfg, regions=data["regions"], embeddings=data["emb_regions"],
+                     labelled_embeddings=data["emb_labelled"], labelled=data["data"] / "labelled", name="sel")
     trials = pd.read_csv(tmp_path / "out" / "trials.csv")
     assert len(trials) == 3 and sorted(trials["select.alpha"]) == [0.0, 0.5, 60.0]  # the grid, once each
     ok, failed = trials[trials.status == "OK"], trials[trials.status == "ERROR"]
@@ -85,7 +77,7 @@ def test_filter_sweep_scores_f1_against_the_boxes(data, tmp_path, store):
     sp = space(tmp_path, "kind: filter\nspace:\n  filter.min_box: {grid: [40, 300]}\n"
                          "  filter.fill_rate: {uniform: [0.5, 0.7]}\n")
     cfg = load_config(overrides=TINY + [f"run.work_dir={store}", "sweep.num_samples=1"])
-    best = run_sweep(sp, tmp_path / "out", cfg, images=str(data / "d" / "smears"), boxes=data / "d", name="flt")
+    best = run_sweep(sp, tmp_path / "out", cfg, images=str(data["data"] / "smears"), boxes=data["data"], name="flt")
     trials = pd.read_csv(tmp_path / "out" / "trials.csv").set_index("filter.min_box")
     assert trials.loc[300, "f1"] == 0.0 and trials.loc[300, "regions"] == 0  # no cell is 300 px wide
     assert trials.loc[40, "f1"] > 0.3 and best["values"]["filter.min_box"] == 40
@@ -98,5 +90,5 @@ def test_a_bad_space_fails_before_any_trial(data, tmp_path, store):
 
     sp = space(tmp_path, "kind: filter\nspace:\n  filter.min_bx: {grid: [40]}\n")
     with pytest.raises(ConfigError, match="Did you mean 'filter.min_box'"):
-        run_sweep(sp, tmp_path / "out", load_config(overrides=TINY), images=str(data / "d" / "smears"), boxes=data / "d")
+        run_sweep(sp, tmp_path / "out", load_config(overrides=TINY), images=str(data["data"] / "smears"), boxes=data["data"])
     assert not (tmp_path / "out").exists()
