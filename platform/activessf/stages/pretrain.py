@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from ..config import Config, flatten, save_config
-from ..training.inline import fits_inline, split_inputs
+from ..training.inline import first_rows, fits_inline, row_count, split_inputs
 from .outputs import staged_output
 
 log = logging.getLogger(__name__)
@@ -169,13 +169,12 @@ def run_pretrain(
     sc = scaling(cfg)
     method_class(p, max(p.batch_size // (sc.num_workers * p.accum_steps), 1))  # fails here, not in a worker
     images = training_images(cfg, Path(regions) if regions else None, Path(selection) if selection else None, fields)
-    rows = len(images["image"]) if isinstance(images, dict) else images.count()
+    rows = row_count(images)
     if rows < p.batch_size:
         log.warning("only %d training images for a batch of %d: lower pretrain.batch_size", rows, p.batch_size)
     name = name or f"pretrain-{p.method}-{p.source}-{cfg.pretrain.digest()[:8]}"
     storage = storage or str((Path(cfg.run.work_dir) / "ray_results").resolve())
-    sample = (images["image"][:8] if isinstance(images, dict) else np.stack([r["image"] for r in images.take(8)])) \
-        if rows else None
+    sample = first_rows(images, "image", 8) if rows else None
     datasets, inline = split_inputs({"train": images})
     with staged_output(out, overwrite) as stage, mlflow.start_run(
         run_name=f"pretrain-{p.method}", nested=mlflow.active_run() is not None

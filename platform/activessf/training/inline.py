@@ -27,6 +27,17 @@ def fits_inline(nbytes: int, limit_mb: float) -> bool:
     return limit_mb > 0 and nbytes <= limit_mb * 2**20
 
 
+def row_count(data: Union["ray.data.Dataset", Arrays]) -> int:
+    return len(next(iter(data.values()))) if isinstance(data, dict) else data.count()
+
+
+def first_rows(data: Union["ray.data.Dataset", Arrays], column: str, n: int) -> np.ndarray:
+    """The first ``n`` values of ``column``, stacked."""
+    if isinstance(data, dict):
+        return data[column][:n]
+    return np.stack([r[column] for r in data.take(n)])
+
+
 def split_inputs(named: Mapping[str, Union["ray.data.Dataset", Arrays]]) -> tuple[dict, dict]:
     """``(datasets for the trainer, in-memory sets for the loop config's "inline" key)``."""
     inline = {k: v for k, v in named.items() if isinstance(v, dict)}
