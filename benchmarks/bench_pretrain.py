@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/bench_pretrain.py [--images 2048] [--epochs 8] [--warmup 3] [--rounds 4] [--size 64] [--model micro]
 
 Goal (issue 5): Ray Train with 1 worker <= 1.10x the plain loop's epoch time;
-then 2 workers vs 1 on this machine. Both paths use the same augmentation,
-model, optimiser groups and batch. Epoch time is the median over the epochs
+then 2 workers vs 1 on this machine. Both paths run the same training step
+(``activessf.training.engine.train_one_epoch``: augmentation, model, optimiser
+groups, non-finite guard) on the same batches. Epoch time is the median over the epochs
 after the first ``--warmup`` (the first streams from Ray Data into the worker's
 cache; the next few overlap Ray's one-time start-up of the Train and Data
 actors, which import torch and Ray in their own processes on the same 2 cores).
@@ -46,31 +47,34 @@ def overrides(args, workers: int) -> list[str]:
 
 
 def plain_loop(images: np.ndarray, cfg) -> list[float]:
-    """What a user writes without Ray: one process, the same model, views and optimiser."""
+    """What a user writes without Ray: one process, the same model, views, optimiser and training step
+    (``train_one_epoch``, the very function the Ray Train workers call, with the same guard)."""
     import torch
 
     from activessf.ssl import build_method
     from activessf.ssl.augment import make_views
+    from activessf.training.engine import Schedule, snapshot, ssl_inputs, ssl_loss, train_one_epoch
+    from activessf.training.guard import NonFiniteGuard
     from activessf.training.optim import param_groups
-    from activessf.training.schedule import lr_at, scaled_lr, set_lr
+    from activessf.training.schedule import scaled_lr
 
     p = cfg.pretrain
     torch.manual_seed(0)
     method = build_method(p)
     opt = torch.optim.AdamW(param_groups(method, p.weight_decay, method.no_weight_decay()), betas=(0.9, 0.95))
-    views_of = make_views(method, p.image_size)
-    x_all = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    scaler = torch.amp.GradScaler("cuda", enabled=False)  # as the platform's CPU workers
+    prepare = ssl_inputs(make_views(method, p.image_size), torch.device("cpu"))
+    x_all = torch.from_numpy(images)  # uint8 (N, S, S, 3), as the workers' feed yields it
     steps = len(x_all) // p.batch_size
+    schedule = Schedule(scaled_lr(p.base_lr, p.batch_size), p.warmup_epochs, p.epochs, steps)
+    guard, good = NonFiniteGuard(), snapshot(method, opt, scaler)
     times = []
     for epoch in range(p.epochs):
         t0 = time.perf_counter()
         order = torch.randperm(len(x_all))
-        for s in range(steps):
-            set_lr(opt, lr_at(epoch + s / steps, scaled_lr(p.base_lr, p.batch_size), p.warmup_epochs, p.epochs))
-            loss = method(views_of(x_all[order[s * p.batch_size:(s + 1) * p.batch_size]])).loss
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        batches = ({"image": x_all[order[s * p.batch_size:(s + 1) * p.batch_size]]} for s in range(steps))
+        train_one_epoch(method, opt, scaler, batches, epoch, schedule, prepare, ssl_loss, guard=guard,
+                        last_good=good, after_step=method.after_step)
         times.append(time.perf_counter() - t0)
     return times
 

@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from activessf.training.engine import amp_settings
 from activessf.training.guard import NonFiniteGuard, NonFiniteLoss
-from activessf.training.loop import amp_settings, optimizer_digest
+from activessf.training.loop import optimizer_digest
 from activessf.training.optim import param_groups
 from activessf.training.schedule import lr_at, scaled_lr
 

@@ -15,13 +15,13 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from ..config import Config
 from ..data.labelled import list_labelled
 from ..imageio import read_rgb
+from ..training.engine import Schedule, classification_loss, inverse_frequency, train_one_epoch
 from .backbone import file_digest, preprocess
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,11 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 def train_supervised(labelled: str | Path, out: str | Path, cfg: Config, epochs: int = 8, image_size: int = 96,
                      batch_size: int = 32, lr: float = 1e-3) -> Path:
-    """Train ``cfg.embed.backbone`` to classify the labelled set; returns the weights file (head removed)."""
+    """Train ``cfg.embed.backbone`` to classify the labelled set; returns the weights file (head removed).
+
+    The platform's training step (:func:`training.engine.train_one_epoch`), with AdamW, a warm-up over
+    the first 30% of the steps then a half-cosine, and inverse-frequency class weights.
+    """
     import timm
 
     out = Path(out)
@@ -49,36 +53,41 @@ def train_supervised(labelled: str | Path, out: str | Path, cfg: Config, epochs:
     gen = torch.Generator().manual_seed(cfg.embed.seed)
     model = timm.create_model(cfg.embed.backbone, pretrained=False, num_classes=len(classes))
     # inverse-frequency weights: the long tail should not vanish from the features
-    weight = torch.tensor(len(y) / (len(classes) * np.bincount(y.numpy(), minlength=len(classes))), dtype=torch.float32)
-    loss_fn = nn.CrossEntropyLoss(weight=weight)
+    loss_fn = classification_loss(inverse_frequency(torch.bincount(y, minlength=len(classes))))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * -(-len(y) // batch_size))
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    schedule = Schedule(lr, warmup_epochs=0.3 * epochs, epochs=epochs, steps_per_epoch=-(-len(y) // batch_size))
+
+    def prepare(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:  # flips and rotations drawn from ``gen``
+        return augment(batch["image"], gen), batch["label"]
+
     history = []
     started = time.time()
-    model.train()
     for epoch in range(epochs):
-        order = torch.randperm(len(y), generator=gen)
-        total, correct = 0.0, 0
-        for i in range(0, len(y), batch_size):
-            idx = order[i : i + batch_size]
-            logits = model(augment(x[idx], gen))
-            loss = loss_fn(logits, y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-            correct += int((logits.argmax(1) == y[idx]).sum())
-        history.append({"epoch": epoch + 1, "loss": total / len(y), "train_accuracy": correct / len(y)})
+        stats = train_one_epoch(model, opt, scaler, shuffled(x, y, batch_size, gen), epoch, schedule, prepare, loss_fn)
+        history.append({"epoch": epoch + 1, "loss": stats["loss"], "train_accuracy": stats["train_accuracy"]})
         log.info("supervised features: epoch %d/%d loss %.3f train accuracy %.3f", epoch + 1, epochs,
                  history[-1]["loss"], history[-1]["train_accuracy"])
+    return save_features(model, out, cfg, classes, {
+        "samples": len(y), "epochs": epochs, "image_size": image_size, "seconds": round(time.time() - started, 1),
+        "history": history})
+
+
+def shuffled(x: torch.Tensor, y: torch.Tensor, batch_size: int, gen: torch.Generator):
+    """Batches ``{"image": (B, 3, S, S), "label": (B,)}`` in a fresh random order (the last may be smaller)."""
+    order = torch.randperm(len(y), generator=gen)
+    for i in range(0, len(y), batch_size):
+        idx = order[i : i + batch_size]
+        yield {"image": x[idx], "label": y[idx]}
+
+
+def save_features(model: nn.Module, out: Path, cfg: Config, classes: list[str], record: dict) -> Path:
+    """The backbone's weights without its classifier head, and ``features.json`` describing them."""
     state = {k: v for k, v in model.state_dict().items() if not k.startswith(model.default_cfg.get(
         "classifier", "fc"))}
     path = out / f"{cfg.embed.backbone}_supervised_on_T.pt"
     torch.save(state, path)
     (out / "features.json").write_text(json.dumps({
         "kind": "supervised features trained on the labelled set T", "backbone": cfg.embed.backbone,
-        "classes": classes, "samples": len(y), "epochs": epochs, "image_size": image_size,
-        "seconds": round(time.time() - started, 1), "history": history, "weights": str(path),
-        "weights_digest": file_digest(path)}, indent=2))
+        "classes": classes, **record, "weights": str(path), "weights_digest": file_digest(path)}, indent=2))
     return path

@@ -1,8 +1,10 @@
 """The fine-tuning loop each Ray Train worker runs for one fold.
 
-Same engine as pretraining (AdamW, per-step warm-up + cosine, AMP on GPU,
-DDP via Ray Train, rank-0 MLflow), with layer-wise lr decay, cross-entropy
-(optionally class-weighted), optional class-balanced sampling. At the end the
+The same step as pretraining (:func:`engine.train_one_epoch`: AdamW, per-step
+warm-up + cosine, AMP on GPU; DDP via Ray Train, rank-0 MLflow), with
+layer-wise lr decay, cross-entropy (optionally class-weighted) and optional
+class-balanced sampling. What it reads from its config dict is
+:class:`loop_config.FinetuneLoopConfig`. At the end the
 held-out fold's class probabilities (gathered from every worker) and, for the
 final fit on all samples, the model's weights travel back in the last
 checkpoint, so that nothing depends on a disk the workers and the caller share.
@@ -11,89 +13,63 @@ checkpoint, so that nothing depends on a disk the workers and the caller share.
 from __future__ import annotations
 
 import logging
-import tempfile
-import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ..config import Config
 from ..ssl.augment import classifier_view, eval_view
-from .checkpoint import save_state
+from .engine import Schedule, classification_loss, classifier_inputs, inverse_frequency, train_one_epoch
 from .inline import dataset_shard
-from .loop import ShardFeed, Tracker, amp_settings
-from .schedule import lr_at, scaled_lr, set_lr
+from .loop_config import FinetuneLoopConfig
+from .schedule import scaled_lr
+from .worker import ShardFeed, Tracker, Worker, report, worker_setup
 
 log = logging.getLogger(__name__)
 
 
 def finetune_loop_per_worker(config: dict) -> None:
-    import ray
-    import ray.train
-    import ray.train.torch
-
     from ..finetune.model import build_classifier, layer_decay_groups
 
-    cfg = Config.model_validate(config["cfg"])
-    ft = cfg.finetune
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-    if device.type == "cpu":
-        torch.set_num_threads(max(int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)), 1))
-    torch.manual_seed(cfg.run.seed)
-    model, _ = build_classifier(ft, config["num_classes"], cfg.run.seed)
+    lc = FinetuneLoopConfig.from_dict(config)
+    ft = lc.cfg.finetune
+    w = worker_setup(lc.cfg.run.seed, ft.precision)
+    model, _ = build_classifier(ft, lc.num_classes, lc.cfg.run.seed)
     opt = torch.optim.AdamW(layer_decay_groups(model, ft.weight_decay, ft.layer_decay), betas=(0.9, 0.999))
-    use_amp, amp_dtype, use_scaler = amp_settings(ft.precision, device)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-    model.to(device)
-    net = ray.train.torch.prepare_model(model, move_to_device=False) if world > 1 else model
-    counts = torch.tensor(config["class_counts"], dtype=torch.float32)
-    class_weight = (counts.sum() / (len(counts) * counts.clamp(min=1))).to(device) if ft.class_weights else None
-    per_worker = max(ft.batch_size // world, 1)
-    feed = ShardFeed(dataset_shard(config, "train"), per_worker, config.get("cache_mb", 4096),
-                     seed=cfg.run.seed * 1000 + rank, prefill=True, balance_by="label" if ft.class_balanced else None)
-    steps = max(config["train_rows"] // (per_worker * world), 1)
-    lr = scaled_lr(ft.base_lr, ft.batch_size)
-    view, tracker = classifier_view(ft.image_size), Tracker(config.get("tracking_uri"), config.get("mlflow_run_id"), rank)
+    net = w.wrap(model)
+    weight = inverse_frequency(torch.tensor(lc.class_counts)).to(w.device) if ft.class_weights else None
+    loss_fn = classification_loss(weight)
+    per_worker = max(ft.batch_size // w.world, 1)
+    feed = ShardFeed(dataset_shard(lc.inline, "train"), per_worker, lc.cache_mb, seed=lc.cfg.run.seed * 1000 + w.rank,
+                     prefill=True, balance_by="label" if ft.class_balanced else None)
+    schedule = Schedule(scaled_lr(ft.base_lr, ft.batch_size), ft.warmup_epochs, ft.epochs,
+                        steps_per_epoch=max(lc.train_rows // (per_worker * w.world), 1))
+    prepare = classifier_inputs(classifier_view(ft.image_size), w.device)
+    tracker = Tracker(lc.tracking_uri, lc.mlflow_run_id, w.rank)
     history = []
     for epoch in range(ft.epochs):
-        model.train()
-        started, seen, losses, correct = time.time(), 0, [], 0
-        for step, batch in enumerate(feed.batches(epoch)):
-            set_lr(opt, lr_at(epoch + step / steps, lr, ft.warmup_epochs, ft.epochs))
-            x = torch.stack([view(img) for img in batch["image"].permute(0, 3, 1, 2)]).to(device)
-            y = batch["label"].long().to(device)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                logits = net(x)
-            loss = F.cross_entropy(logits.float(), y, weight=class_weight)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            losses.append(loss.item())
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(y)
-        metrics = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
-                   "train_accuracy": correct / max(seen, 1), "lr": opt.param_groups[-1]["lr"],
-                   "epoch_seconds": time.time() - started}
+        stats = train_one_epoch(net, opt, w.scaler, feed.batches(epoch), epoch, schedule, prepare, loss_fn,
+                                amp=w.amp)
+        metrics = {"epoch": epoch + 1, "loss": stats["loss"], "train_accuracy": stats.get("train_accuracy", 0.0),
+                   "lr": opt.param_groups[-1]["lr"], "epoch_seconds": stats["epoch_seconds"]}
         history.append(metrics)
         tracker.metrics(metrics, epoch + 1)
         if epoch + 1 < ft.epochs:
-            ray.train.report(metrics)
+            report(metrics, w.rank)
+    result = fold_result(model, history, lc, w)  # every worker: the held-out predictions are gathered
+    report(metrics, w.rank, lambda: result)
+
+
+def fold_result(model, history: list[dict], lc: FinetuneLoopConfig, w: Worker) -> dict:
+    """What the last checkpoint carries: the loss per epoch, the held-out fold's predictions (from every
+    worker) and, for the final fit, the model's weights."""
     result = {"loss": torch.tensor([h["loss"] for h in history])}
-    if config.get("has_val", True):
-        idx, probs = gather(*predict(model, dataset_shard(config, "val"), eval_view(ft.image_size), device))
+    if lc.has_val:
+        idx, probs = gather(*predict(model, dataset_shard(lc.inline, "val"), eval_view(lc.cfg.finetune.image_size),
+                                     w.device))
         result.update(idx=torch.from_numpy(idx), probs=torch.from_numpy(probs))
-    if config.get("export_model"):
+    if lc.export_model:
         result["model"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    with tempfile.TemporaryDirectory() as tmp:
-        ckpt = None
-        if rank == 0:
-            save_state(tmp, **result)
-            ckpt = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report(metrics, checkpoint=ckpt)
+    return result
 
 
 @torch.no_grad()

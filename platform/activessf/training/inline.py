@@ -67,11 +67,10 @@ class InlineShard:
             yield {k: torch.from_numpy(np.ascontiguousarray(v[i : i + batch_size])) for k, v in self.columns.items()}
 
 
-def dataset_shard(config: dict, name: str):
-    """This worker's shard of ``name``: in memory when the caller passed it inline, else Ray Data's."""
+def dataset_shard(inline: Mapping[str, Arrays], name: str):
+    """This worker's shard of ``name``: in memory when the caller passed it ``inline``, else Ray Data's."""
     import ray.train
 
-    inline = config.get("inline", {})
     if name not in inline:
         return ray.train.get_dataset_shard(name)
     ctx = ray.train.get_context()

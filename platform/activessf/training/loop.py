@@ -1,32 +1,36 @@
-"""The training loop each Ray Train worker runs (DDP: gloo on CPU, nccl on GPU).
+"""The pretraining loop each Ray Train worker runs (DDP: gloo on CPU, nccl on GPU).
 
 One loop serves every SSL method: views from the method's augmentation, the
 method's loss, AdamW with per-step warm-up + cosine, gradient accumulation,
-AMP on GPU, the non-finite guard, checkpoints every ``checkpoint_every``
-epochs through ``ray.train.report`` (every worker calls it: it is a barrier),
-resumption from ``ray.train.get_checkpoint()``, and MLflow logging on rank 0.
+AMP on GPU and the non-finite guard (all in :func:`engine.train_one_epoch`);
+checkpoints every ``checkpoint_every`` epochs through ``ray.train.report``
+(every worker calls it: it is a barrier), resumption from
+``ray.train.get_checkpoint()``, and MLflow logging on rank 0. What it reads
+from its config dict is :class:`loop_config.PretrainLoopConfig`.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import logging
-import math
-import os
 import tempfile
 import time
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..config import Config
-from .checkpoint import load_state, save_state
+from .checkpoint import load_state
+from .engine import Schedule, snapshot, ssl_inputs, ssl_loss, train_one_epoch
+from .faults import fault_hooks
 from .guard import NonFiniteGuard
 from .inline import dataset_shard
+from .loop_config import PretrainLoopConfig
 from .optim import param_groups
-from .schedule import lr_at, scaled_lr, set_lr
+from .schedule import scaled_lr
+from .worker import ShardFeed, Tracker, Worker, report, worker_setup
 
 log = logging.getLogger(__name__)
 
@@ -42,248 +46,97 @@ def optimizer_digest(opt: torch.optim.Optimizer) -> str:
     return h.hexdigest()[:16]
 
 
-def amp_settings(precision: str, device: torch.device) -> tuple[bool, torch.dtype, bool]:
-    """(autocast on?, its dtype, use a GradScaler?) for the configured precision on this device."""
-    if device.type != "cuda":
-        return precision == "bf16", torch.bfloat16, False
-    if precision in ("auto", "bf16"):
-        bf16 = torch.cuda.is_bf16_supported()
-        return True, torch.bfloat16 if bf16 else torch.float16, not bf16
-    if precision == "fp16":
-        return True, torch.float16, True
-    return False, torch.float32, False
+@dataclass
+class Resumed:
+    """Where a run continues: the epoch, the history so far and the optimiser's digest (None = a fresh start)."""
+
+    epoch: int = 0
+    history: list = field(default_factory=list)
+    digest: str | None = None
 
 
-def all_finite(value: torch.Tensor) -> bool:
-    """True only if the loss is finite on every worker (so all workers skip or step together)."""
-    import torch.distributed as dist
-
-    flag = torch.tensor([1.0 if torch.isfinite(value).all() else 0.0], device=value.device)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:  # one worker agrees with itself
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
-
-
-class Tracker:
-    """MLflow on rank 0 only; a no-op elsewhere or without a run id."""
-
-    def __init__(self, uri: str | None, run_id: str | None, rank: int):
-        self.on = bool(uri and run_id and rank == 0)
-        self.run_id = run_id
-        if self.on:  # importing mlflow and opening its store take ~3 s: done beside the first steps
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="mlflow-client")
-            self._client = self._pool.submit(_mlflow_client, uri)
-
-    @property
-    def client(self):
-        """The client, once the background thread has made it (only then may this thread import mlflow:
-        two threads importing mlflow's protobuf modules at once can fail to build their descriptors)."""
-        return self._client.result()
-
-    def metrics(self, values: dict, step: int) -> None:
-        if self.on:  # one batched write per epoch, not one per metric
-            client = self.client
-            from mlflow.entities import Metric
-
-            now = int(time.time() * 1000)
-            batch = [Metric(k, float(v), now, step) for k, v in values.items()
-                     if isinstance(v, (int, float)) and math.isfinite(v)]
-            client.log_batch(self.run_id, metrics=batch)
-
-    def artifact(self, path: Path, folder: str | None = None) -> None:
-        if self.on:
-            self.client.log_artifact(self.run_id, str(path), folder)
-
-
-def _mlflow_client(uri: str):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(uri)
+def resume(checkpoint, method, opt, scaler, guard: NonFiniteGuard, rank: int) -> Resumed:
+    """Load Ray Train's latest checkpoint (if any) into the method, optimiser, scaler and guard."""
+    if checkpoint is None:
+        return Resumed()
+    with checkpoint.as_directory() as d:
+        state = load_state(d)
+    method.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    guard.load(state["guard"])
+    run = Resumed(state["epoch"], state["history"], optimizer_digest(opt))
+    log.info("rank %d resumed at epoch %d (optimiser %s)", rank, run.epoch, run.digest)
+    return run
 
 
 def train_loop_per_worker(config: dict) -> None:
     timeline = {"loop_start": time.time()}  # wall clock, compared with fit()'s start by the caller
-    import ray
     import ray.train
-    import ray.train.torch
+    import ray.train.torch  # before the imports_done mark, as the set-up uses it
 
     from ..ssl import build_method
     from ..ssl.augment import make_views
 
     timeline["imports_done"] = time.time()
-
-    cfg = Config.model_validate(config["cfg"])
-    p = cfg.pretrain
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-    if device.type == "cpu":  # as many torch threads as CPUs reserved for this worker
-        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-        torch.set_num_threads(max(int(cpus), 1))
-    torch.manual_seed(cfg.run.seed)  # identical initial weights on every worker
+    lc = PretrainLoopConfig.from_dict(config)
+    p = lc.cfg.pretrain
+    w = worker_setup(lc.cfg.run.seed, p.precision)
     method = build_method(p)
     groups = param_groups(method, p.weight_decay, skip=method.no_weight_decay())
     opt = torch.optim.AdamW(groups, lr=0.0, betas=(0.9, 0.95))
-    use_amp, amp_dtype, use_scaler = amp_settings(p.precision, device)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-    guard = NonFiniteGuard(config.get("max_bad_steps", 5), config.get("max_rollbacks", 3))
-    start_epoch, history, resumed_digest, resumed_epoch = 0, [], None, 0
-
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state = load_state(d)
-        method.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        guard.load(state["guard"])
-        start_epoch, history = state["epoch"], state["history"]
-        resumed_digest, resumed_epoch = optimizer_digest(opt), start_epoch
-        log.info("rank %d resumed at epoch %d (optimiser %s)", rank, start_epoch, resumed_digest)
-    method.to(device)
-    model = ray.train.torch.prepare_model(method, move_to_device=False) if world > 1 else method
+    guard = NonFiniteGuard(lc.max_bad_steps, lc.max_rollbacks)
+    run = resume(ray.train.get_checkpoint(), method, opt, w.scaler, guard, w.rank)
+    model = w.wrap(method)
     views_of = make_views(method, p.image_size)
-    per_worker = max(p.batch_size // (world * p.accum_steps), 1)
-    steps_per_epoch = max(config["rows"] // (per_worker * world), 1)
-    lr = scaled_lr(p.base_lr, p.batch_size)
-    tracker = Tracker(config.get("tracking_uri"), config.get("mlflow_run_id"), rank)
-    feed = ShardFeed(dataset_shard(config, "train"), per_worker, config.get("cache_mb", 2048),
-                     seed=cfg.run.seed * 1000 + rank)
-    inject = set(config.get("inject_nan_steps", []))
-    fail_at = config.get("fail_at_epoch")
-    good = _snapshot(method, opt, scaler)  # the state a rollback returns to
+    per_worker = max(p.batch_size // (w.world * p.accum_steps), 1)
+    schedule = Schedule(scaled_lr(p.base_lr, p.batch_size), p.warmup_epochs, p.epochs,
+                        steps_per_epoch=max(lc.rows // (per_worker * w.world), 1))
+    tracker = Tracker(lc.tracking_uri, lc.mlflow_run_id, w.rank)
+    feed = ShardFeed(dataset_shard(lc.inline, "train"), per_worker, lc.cache_mb, seed=lc.cfg.run.seed * 1000 + w.rank)
+    hooks = fault_hooks(lc.inject_nan_steps, lc.fail_at_epoch, lc.marker, w.rank, w.world)
+    prepare = ssl_inputs(views_of, w.device)
+    good = snapshot(method, opt, w.scaler)  # the state a rollback returns to
     timeline["model_ready"] = time.time()
 
-    for epoch in range(start_epoch, p.epochs):
-        if fail_at is not None and epoch == fail_at and rank == world - 1 and _first_time(f"{config['marker']}-{epoch}"):
-            time.sleep(3)  # test hook: a worker dies mid-run, once, a while after the last checkpoint
-            os._exit(1)
-        method.train()
-        started, seen, losses, step = time.time(), 0, [], 0
-        for step, batch in enumerate(feed.batches(epoch)):
-            timeline.setdefault("first_batch", time.time())
-            x = batch["image"].to(device).permute(0, 3, 1, 2).contiguous()
-            views = views_of(x)
-            global_step = epoch * steps_per_epoch + step
-            set_lr(opt, lr_at(epoch + step / steps_per_epoch, lr, p.warmup_epochs, p.epochs) * guard.lr_factor)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                out = model(views)
-            loss = out.loss.float()
-            if global_step in inject:
-                loss = loss * float("nan")
-            action = guard.check(loss.item() if all_finite(loss) else float("nan"), global_step)
-            if action == "rollback":
-                _restore(good, method, opt, scaler)
-                log.warning("rank %d: non-finite losses; rolled back, lr x%g", rank, guard.lr_factor)
-            if action != "step":
-                opt.zero_grad(set_to_none=True)
-                continue
-            scaler.scale(loss / p.accum_steps).backward()
-            if (step + 1) % p.accum_steps == 0:
-                scaler.step(opt)
-                scaler.update()
-                opt.zero_grad(set_to_none=True)
-                method.after_step(min((global_step + 1) / (steps_per_epoch * p.epochs), 1.0))
-            losses.append(loss.item())
-            seen += x.shape[0]
-            timeline.setdefault("first_step", time.time())
-        elapsed = time.time() - started
-        metrics = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
-                   "lr": opt.param_groups[0]["lr"], "images_per_s": seen * world / max(elapsed, 1e-9),
-                   "skipped_steps": guard.skipped, "rollbacks": guard.rollbacks, "epoch_seconds": elapsed,
-                   "lr_factor": guard.lr_factor, "cuda_initialized": int(torch.cuda.is_initialized()),
-                   "torch_threads": torch.get_num_threads(),
-                   "resumed_optimizer": resumed_digest or "", **config.get("report_constants", {})}
-        if rank == 0 and config.get("probe"):
-            metrics.update(probe_metrics(method, config["probe"], p.image_size, device))
-        history.append({k: v for k, v in metrics.items() if k != "resumed_optimizer"})
-        tracker.metrics({k: v for k, v in metrics.items() if k != "resumed_optimizer"}, epoch + 1)
+    for epoch in range(run.epoch, p.epochs):
+        stats = train_one_epoch(model, opt, w.scaler, feed.batches(epoch), epoch, schedule, prepare, ssl_loss,
+                                amp=w.amp, accum_steps=p.accum_steps, guard=guard, last_good=good,
+                                after_step=method.after_step, hooks=hooks, timeline=timeline)
+        metrics = epoch_metrics(stats, epoch, opt, guard, w.world, run, lc.report_constants)
+        if w.rank == 0 and lc.probe:
+            metrics.update(probe_metrics(method, lc.probe, p.image_size, w.device))
+        logged = {k: v for k, v in metrics.items() if k != "resumed_optimizer"}
+        run.history.append(logged)
+        tracker.metrics(logged, epoch + 1)
         last = epoch + 1 == p.epochs
-        if rank == 0 and config.get("visualise_every") and ((epoch + 1) % config["visualise_every"] == 0 or last):
-            _visualise(method, views_of, shard_sample(config), epoch + 1, tracker, config.get("viz_dir"))
+        if w.rank == 0 and lc.visualise_every and ((epoch + 1) % lc.visualise_every == 0 or last):
+            _visualise(method, views_of, lc.sample_images, epoch + 1, tracker, lc.viz_dir)
         if (epoch + 1) % p.checkpoint_every == 0 or last:
-            good = _snapshot(method, opt, scaler)
-            with tempfile.TemporaryDirectory() as tmp:
-                ckpt = None
-                if rank == 0:
-                    save_state(tmp, model=method.state_dict(), optimizer=opt.state_dict(),
-                               scaler=scaler.state_dict(), guard=guard.state(), epoch=epoch + 1, history=history,
-                               encoder=method.export_encoder(), optimizer_digest=optimizer_digest(opt),
-                               timeline=timeline,
-                               resumed={"epoch": resumed_epoch, "optimizer_digest": resumed_digest or ""})
-                    ckpt = ray.train.Checkpoint.from_directory(tmp)
-                ray.train.report(metrics, checkpoint=ckpt)
+            good = snapshot(method, opt, w.scaler)
+            report(metrics, w.rank, partial(checkpoint_state, method, opt, w, guard, epoch + 1, run, timeline))
         else:
-            ray.train.report(metrics)
+            report(metrics, w.rank)
 
 
-class ShardFeed:
-    """Batches (dicts of tensors) of this worker's shard, per epoch.
-
-    The first epoch streams from Ray Data and keeps the tensors when the shard
-    fits in ``cache_mb``; later epochs then draw shuffled batches from memory
-    (a seeded permutation per epoch, or class-balanced sampling with
-    ``balance_by``) instead of re-reading the object store. ``prefill`` loads
-    the cache before the first epoch. Larger shards stream every epoch.
-    """
-
-    def __init__(self, shard, batch_size: int, cache_mb: float, seed: int, prefill: bool = False,
-                 balance_by: str | None = None):
-        self.shard, self.batch_size, self.limit, self.seed = shard, batch_size, cache_mb * 2**20, seed
-        self.balance_by = balance_by
-        self.cached: dict[str, torch.Tensor] | None = None
-        if prefill:
-            for _ in self.batches(-1):
-                pass
-
-    def _order(self, epoch: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed + epoch)
-        n = len(next(iter(self.cached.values())))
-        if self.balance_by is None:
-            return torch.randperm(n, generator=g)
-        y = self.cached[self.balance_by].long()
-        weight = 1.0 / torch.bincount(y).float()[y]  # every class equally likely
-        return torch.multinomial(weight, n, replacement=True, generator=g)
-
-    def batches(self, epoch: int):
-        if self.cached is not None:
-            order = self._order(epoch)
-            for i in range(0, len(order) - self.batch_size + 1, self.batch_size):
-                yield {k: v[order[i : i + self.batch_size]] for k, v in self.cached.items()}
-            return
-        kept, size = [], 0
-        for batch in self.shard.iter_torch_batches(batch_size=self.batch_size, drop_last=epoch >= 0):
-            if kept is not None:
-                size += sum(v.numel() * v.element_size() for v in batch.values())
-                kept = kept + [batch] if size <= self.limit else None
-            if epoch >= 0:
-                yield batch
-        if kept:
-            self.cached = {k: torch.cat([b[k] for b in kept]) for k in kept[0]}
-            if epoch < 0:  # prefilled: the first real epoch uses the cache
-                return
+def epoch_metrics(stats: dict, epoch: int, opt, guard: NonFiniteGuard, world: int, run: Resumed,
+                  constants: dict) -> dict:
+    """What every epoch reports (to Ray Train, MLflow and the history)."""
+    elapsed = stats["epoch_seconds"]
+    return {"epoch": epoch + 1, "loss": stats["loss"], "lr": opt.param_groups[0]["lr"],
+            "images_per_s": stats["images"] * world / max(elapsed, 1e-9), "skipped_steps": guard.skipped,
+            "rollbacks": guard.rollbacks, "epoch_seconds": elapsed, "lr_factor": guard.lr_factor,
+            "cuda_initialized": int(torch.cuda.is_initialized()), "torch_threads": torch.get_num_threads(),
+            "resumed_optimizer": run.digest or "", **constants}
 
 
-def _snapshot(method, opt, scaler) -> dict:
-    return {"model": copy.deepcopy(method.state_dict()), "optimizer": copy.deepcopy(opt.state_dict()),
-            "scaler": scaler.state_dict()}
-
-
-def _restore(state: dict, method, opt, scaler) -> None:
-    method.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    scaler.load_state_dict(state["scaler"])
-
-
-def _first_time(marker: str) -> bool:
-    path = Path(marker)
-    if path.exists():
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("failed once")
-    return True
+def checkpoint_state(method, opt, w: Worker, guard: NonFiniteGuard, epoch: int, run: Resumed,
+                     timeline: dict) -> dict:
+    """A checkpoint's contents (``stages.pretrain`` reads the encoder, guard, history and timeline)."""
+    return {"model": method.state_dict(), "optimizer": opt.state_dict(), "scaler": w.scaler.state_dict(),
+            "guard": guard.state(), "epoch": epoch, "history": run.history, "encoder": method.export_encoder(),
+            "optimizer_digest": optimizer_digest(opt), "timeline": timeline,
+            "resumed": {"epoch": run.epoch, "optimizer_digest": run.digest or ""}}
 
 
 @torch.no_grad()
@@ -306,10 +159,6 @@ def probe_metrics(method, probe: dict, size: int, device) -> dict:
     y, test = np.asarray(probe["labels"]), np.asarray(probe["test"], bool)
     scores = probe_scores(feats[~test], y[~test], feats[test], y[test], probe["num_classes"], probe["kind"])
     return {f"probe_{k}": v for k, v in scores.items()}
-
-
-def shard_sample(config: dict) -> np.ndarray | None:
-    return config.get("sample_images")
 
 
 @torch.no_grad()
