@@ -97,7 +97,7 @@ def ray_throughput(files: list[Path], cpus: int, cfg) -> dict:
         monitor = PeakRSS()
         monitor.start()
         try:
-            summary = run_filter(str(src), Path(tmp) / "out", cfg)
+            summary = run_filter(cfg, str(src), Path(tmp) / "out")
         finally:
             monitor.stop.set()
             monitor.join()

@@ -105,7 +105,8 @@ def main() -> None:
 
     from activessf.config import load_config
     from activessf.imageio import encode_png
-    from activessf.stages.pretrain import run_pretrain, source_size
+    from activessf.data.resize import source_size
+    from activessf.stages.pretrain import run_pretrain
     from activessf.tracking import init_mlflow
 
     rng = np.random.default_rng(0)
@@ -140,7 +141,7 @@ def main() -> None:
                     cfg = load_config(overrides=overrides(args, workers) + [f"run.work_dir={tmp / 'work'}"])
                     out = tmp / f"enc{workers}_{r}"
                     timed(f"ray_{workers}", lambda: run_pretrain(  # the plain loop draws no pictures either
-                        out, cfg, regions=tmp / "regions", name=f"bench{workers}-{r}", test_hooks={"visualise_every": 0}))
+                        cfg, out, regions=tmp / "regions", name=f"bench{workers}-{r}", test_hooks={"visualise_every": 0}))
                     history = json.loads((out / "history.json").read_text())
                     runs[f"ray_{workers}"].append([h["epoch_seconds"] for h in history])
             finally:

@@ -50,7 +50,7 @@ def assignment(n: int, dim: int, k: int) -> dict:
         x[i : i + CHUNK] = rng.standard_normal((min(CHUNK, n - i), dim), dtype=np.float32)
     c = rng.standard_normal((k, dim), dtype=np.float32)
     times, labels = {}, {}
-    for name, fn in (("faiss", lambda: assign(c, x)[0]), ("numpy_expanded", lambda: numpy_expanded(c, x)),
+    for name, fn in (("faiss", lambda: assign(x, c)[0]), ("numpy_expanded", lambda: numpy_expanded(c, x)),
                      ("numpy_broadcast", lambda: numpy_broadcast(c, x))):
         t0 = time.perf_counter()
         labels[name] = fn()
@@ -86,9 +86,9 @@ def embedding(images: int, backbone: str, batch: int, size: int) -> dict:
         plain = time.perf_counter() - t0
         ray.init(include_dashboard=False, log_to_driver=False)
         try:
-            run_embed("labelled", tmp / "d" / "labelled", tmp / "warm", cfg)  # workers and model files warm
+            run_embed(cfg, "labelled", tmp / "d" / "labelled", tmp / "warm")  # workers and model files warm
             t0 = time.perf_counter()
-            meta = run_embed("labelled", tmp / "d" / "labelled", tmp / "e", cfg)
+            meta = run_embed(cfg, "labelled", tmp / "d" / "labelled", tmp / "e")
             ray_s = time.perf_counter() - t0
         finally:
             ray.shutdown()

@@ -107,7 +107,7 @@ def measure(root: Path, variant: str, rnd: int) -> dict:
             cfg = load_config(overrides=TINY + [f"run.work_dir={root / 'work'}",
                                                 f"run.inline_data_mb={0 if variant.endswith('before') else 256}"])
             t = time.time()
-            rec = run_pretrain(root / tag, cfg, regions=root / "regions", name=tag)
+            rec = run_pretrain(cfg, root / tag, regions=root / "regions", name=tag)
             ended = time.time()
             fit = rec["startup"]["fit_started"]
             loop_marks = {k.removeprefix("fit_to_"): v for k, v in rec["startup"].items() if k.startswith("fit_to_")}
@@ -147,7 +147,7 @@ def main() -> None:
         synth.generate(SynthConfig(images=6, labelled=0, width=512, height=384, workers=1), root / "data",
                        progress=False)
         init_ray()
-        run_filter(str(root / "data" / "smears"), root / "regions", load_config(overrides=["filter.min_box=40"]))
+        run_filter(load_config(overrides=["filter.min_box=40"]), str(root / "data" / "smears"), root / "regions")
         init_mlflow(root / "work", "bench-startup")
         time.sleep(5)  # the local Ray settles (idle workers, dashboard) before the first round
         runs = [measure(root, v, r) for r in range(args.rounds) for v in variants]

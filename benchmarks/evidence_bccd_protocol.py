@@ -15,7 +15,6 @@ they are far below the paper's (400 + 50 epochs of ViT-B).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -45,7 +44,7 @@ def main() -> None:
     from activessf.data.annotations import write_labelled_crops
     from activessf.evaluation.report import compare_runs
     from activessf.features.supervised import train_supervised
-    from activessf.stages.ablation import run_ablation
+    from activessf.ablation import run_ablation
     from activessf.stages.embed import run_embed
     from activessf.stages.filter import run_filter
     from activessf.stages.select import run_select
@@ -59,14 +58,14 @@ def main() -> None:
     init_mlflow(work / "w", "bccd-protocol")
     labels = read_image_labels(args.bccd / "wbc_subtypes.csv")
     counts = write_labelled_crops(args.bccd / "JPEGImages", args.bccd / "Annotations", "WBC", labels, work / "labelled")
-    run_filter(str(args.bccd / "JPEGImages"), work / "regions", cfg)
+    run_filter(cfg, str(args.bccd / "JPEGImages"), work / "regions")
     weights = train_supervised(work / "labelled", work / "features", cfg)
     ecfg = load_config(overrides=BUDGET + [f"run.work_dir={work / 'w'}", f"embed.weights={weights}"])
-    run_embed("regions", work / "regions", work / "emb_regions", ecfg)
-    run_embed("labelled", work / "labelled", work / "emb_labelled", ecfg)
-    sel = run_select(work / "emb_regions", work / "selection", ecfg, labelled_embeddings=work / "emb_labelled")
-    res = run_ablation(work / "ablation", cfg, work / "labelled", work / "regions", work / "selection",
-                       str(args.bccd / "JPEGImages"))
+    run_embed(ecfg, "regions", work / "regions", work / "emb_regions")
+    run_embed(ecfg, "labelled", work / "labelled", work / "emb_labelled")
+    sel = run_select(ecfg, work / "emb_regions", work / "selection", labelled_embeddings=work / "emb_labelled")
+    res = run_ablation(cfg, work / "labelled", work / "ablation", regions=work / "regions",
+                       selection=work / "selection", fields=str(args.bccd / "JPEGImages"))
     runs = res["runs"]
     tests = {f"{b} vs {a}": compare_runs(runs[a], runs[b]) for b, a in
              [("MAE + CRF + ASS", "ViT"), ("MAE + CRF", "ViT"), ("MAE + CRF + ASS", "MAE + CRF"),

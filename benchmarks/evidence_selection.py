@@ -23,7 +23,6 @@ with those weights: a *supervised* feature option, named as such.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -46,20 +45,20 @@ def chain(work: Path, smears: str, labelled: Path, boxes: Path, label: str, rare
 
     cfg = load_config(overrides=cfg_over)
     t0 = time.time()
-    run_filter(smears, work / "regions", cfg)
+    run_filter(cfg, smears, work / "regions")
     if features == "supervised":
         from activessf.features.supervised import train_supervised
 
         weights = train_supervised(labelled, work / "features", cfg)
         cfg = load_config(overrides=cfg_over + [f"embed.weights={weights}"])
-    run_embed("regions", work / "regions", work / "emb_regions", cfg)
-    run_embed("labelled", labelled, work / "emb_labelled", cfg)
+    run_embed(cfg, "regions", work / "regions", work / "emb_regions")
+    run_embed(cfg, "labelled", labelled, work / "emb_labelled")
     out = {"features": features, "backbone": cfg.embed.backbone, "seconds_to_embeddings": round(time.time() - t0, 1),
            "modes": {}}
     for i, extra in enumerate(modes):
         mcfg = load_config(overrides=cfg_over + extra + ([f"embed.weights={cfg.embed.weights}"]
                                                          if cfg.embed.weights else []))
-        report = run_select(work / "emb_regions", work / f"sel{i}", mcfg, labelled_embeddings=work / "emb_labelled")
+        report = run_select(mcfg, work / "emb_regions", work / f"sel{i}", labelled_embeddings=work / "emb_labelled")
         ev = evaluate_selection(work / f"sel{i}", work / "regions", boxes, label, rare, image_labels)
         out["modes"][" ".join(extra) or "paper defaults"] = {
             "clusters": [{k: r[k] for k in ("cluster", "n", "threshold", "candidates", "selected")}

@@ -72,11 +72,17 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def _shared_ray():
-    """The session's local Ray (2 CPUs), started by the first test that asks and stopped at the end."""
+def _shared_ray(tmp_path_factory):
+    """The session's local Ray (2 CPUs), started by the first test that asks and stopped at the end, and
+    the MLflow store its stages log to unless a test chooses its own (``init_mlflow``)."""
     from activessf.runtime import init_ray, shutdown_ray
+    from activessf.tracking import ensure_mlflow
 
-    yield lambda: init_ray(num_cpus=2)
+    def start():
+        ensure_mlflow(tmp_path_factory.getbasetemp() / "mlflow", "tests")
+        return init_ray(num_cpus=2)
+
+    yield start
     shutdown_ray()
 
 
@@ -136,10 +142,10 @@ def embedded(_shared_ray, synthetic, tmp_path_factory) -> dict:
     _shared_ray()
     root = tmp_path_factory.mktemp("embedded")
     cfg = load_config(overrides=EMBED_TINY)
-    run_filter(str(synthetic / "smears"), root / "regions", cfg)
+    run_filter(cfg, str(synthetic / "smears"), root / "regions")
     streamed = load_config(overrides=EMBED_TINY + ["run.inline_data_mb=0"])
-    run_embed("regions", root / "regions", root / "emb_regions", streamed)
-    run_embed("labelled", synthetic / "labelled", root / "emb_labelled", cfg)
+    run_embed(streamed, "regions", root / "regions", root / "emb_regions")
+    run_embed(cfg, "labelled", synthetic / "labelled", root / "emb_labelled")
     return {"data": synthetic, "regions": root / "regions", "emb_regions": root / "emb_regions",
             "emb_labelled": root / "emb_labelled"}
 

@@ -29,8 +29,11 @@ def test_defaults_are_the_papers():
     assert c.embed.backbone == "resnet50" and c.prototypes.k == 11
     assert (c.select.alpha, c.select.bound_mode, c.select.lb, c.select.ub) == (0.5, "minmax", 15.0, 19.0)
     p = c.pretrain
-    assert (p.weight_decay, p.batch_size, p.base_lr, p.warmup_epochs, p.epochs, p.mask_ratio) == (
-        0.05, 64, 1e-3, 5, 400, 0.75)
+    assert (p.weight_decay, p.batch_size, p.base_lr, p.warmup_epochs, p.epochs, p.options) == (
+        0.05, 64, 1e-3, 5, 400, {})
+    from activessf.ssl import METHODS
+
+    assert METHODS["mae"].settings(p).mask_ratio == 0.75  # the paper's, declared by the method
     ft = c.finetune
     assert (ft.epochs, ft.layer_decay, ft.num_classes, ft.image_size) == (50, 0.75, 11, 224)
     assert c.evaluate.folds == 5
@@ -121,11 +124,20 @@ def test_cli_reports_config_errors_with_exit_code_2():
     assert "filter.fill_rate = 7" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_cli_prints_resolved_section():
-    out = subprocess.run([sys.executable, "-m", "activessf.cli", "config", "--section", "select",
-                          "--set", "select.alpha=1"], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert yaml.safe_load(out.stdout)["alpha"] == 1
+def test_cli_prints_resolved_section_and_checks_the_method_settings(capsys):
+    """In this process (the subprocess test above proves the entry point); the method's own settings are
+    checked by the method: a key of another method is an error that lists the right ones."""
+    from activessf.cli import main
+
+    assert main(["config", "--section", "select", "--set", "select.alpha=1"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["alpha"] == 1
+    assert main(["config", "--section", "pretrain", "--set", "pretrain.options.mask_ratio=0.6"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["options"] == {"mask_ratio": 0.6}
+    assert main(["config", "--set", "pretrain.method=mocov3", "--set", "pretrain.options.mask_ratio=0.6"]) == 2
+    err = capsys.readouterr().err
+    assert "pretrain.options for method 'mocov3': mask_ratio" in err and "temperature (default 0.2)" in err
+    assert main(["config", "--set", "pretrain.mask_ratio=0.6"]) == 2
+    assert "go under pretrain.options" in capsys.readouterr().err
 
 
 def test_pipeline_command_refuses_smears_without_labelled_cells(capsys):

@@ -37,11 +37,13 @@ def test_the_demo_job_runs_the_whole_method_on_the_head(demo_job, repo):
     assert "succeeded" in status.stdout.lower()
 
     record = json.loads((work / "pipeline" / "pipeline.json").read_text())
-    assert set(record["stages"]) == {"filter", "select", "pretrain", "finetune", "register"}
+    assert set(record["stages"]) == {"filter", "embed-regions", "embed-labelled", "select", "pretrain", "finetune",
+                                     "register"}
+    assert all(set(s) == {"stage", "output", "mlflow_run_id", "summary"} for s in record["stages"].values())
     assert record["ray"]["started_local"] is False  # the job joined the head, it did not start its own Ray
     # py_modules carried the library: workers import it from the job's runtime resources, not the checkout
     assert "runtime_resources" in record["worker_package"] and not record["worker_package"].startswith(str(repo))
-    assert (work / "encoder" / "encoder.pt").is_file() and np.isfinite(record["stages"]["pretrain"]["record"]["final_loss"])
+    assert (work / "encoder" / "encoder.pt").is_file() and np.isfinite(record["stages"]["pretrain"]["summary"]["final_loss"])
     assert (work / "finetune" / "activessf" / "model" / "model.pt").is_file()
 
     summary = json.loads((work / "demo" / "summary.json").read_text())
@@ -56,15 +58,15 @@ def test_the_demo_job_runs_the_whole_method_on_the_head(demo_job, repo):
     assert 0 <= stage1["eval"]["recall"] <= 1 and stage1["eval"]["truth_boxes"] > 0
     assert "Stage 1, cell region filtering" in out
     stage3 = summary["stages"]["select"]
-    assert 0 < stage3["report"]["totals"]["selected"] <= stage3["report"]["totals"]["regions"]
-    assert stage3["report"]["totals"]["regions"] == stage1["summary"]["regions_kept"]
-    assert len(stage3["report"]["clusters"]) == 11 and stage3["report"]["prototypes"]["labelled"] == 55
+    assert 0 < stage3["summary"]["totals"]["selected"] <= stage3["summary"]["totals"]["regions"]
+    assert stage3["summary"]["totals"]["regions"] == stage1["summary"]["regions_kept"]
+    assert len(stage3["summary"]["clusters"]) == 11 and stage3["summary"]["prototypes"]["labelled"] == 55
     assert (work / "selection" / "prototypes.npz").is_file() and (work / "selection" / "evidence.json").is_file()
     assert "Stages 2-3, prototypes and active sample selection" in out and "threshold" in out
     table2 = summary["stages"]["finetune"]["table2"]
     assert "| ViT |" in table2 and "| MAE w/ ActiveSSF |" in table2 and table2 in out  # Table II: w/ vs scratch
     scratch = json.loads((work / "ablation" / "vit" / "finetune" / "metrics.json").read_text())
-    assert scratch["folds_digest"] == summary["stages"]["finetune"]["record"]["folds_digest"]  # the same folds
+    assert scratch["folds_digest"] == summary["stages"]["finetune"]["summary"]["folds_digest"]  # the same folds
     assert read_rgb(summary["contact_sheet"]).shape[0] >= 11 * 96  # one row per subtype
 
     mlflow.set_tracking_uri(summary["mlflow"]["tracking_uri"])
@@ -79,7 +81,7 @@ def test_the_demo_job_runs_the_whole_method_on_the_head(demo_job, repo):
     assert pipeline_id == record["mlflow"]["run_id"]
     assert parent_of["filter"] == parent_of["select"] == parent_of["register-jobtest"] == pipeline_id
     # the demo ends in the registry, printing the command that serves its model
-    reg = summary["stages"]["register"]
+    reg = summary["stages"]["register"]["summary"]
     assert reg["model"] == "jobtest" and reg["promoted"] and reg["alias"] == "champion"
     assert str(reg["version"]) == "1" and "no champion yet" in reg["reason"]
     assert f"models:/{reg['model']}@champion" in reg["serve"] and reg["serve"] in out

@@ -72,14 +72,19 @@ def add_output_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output atomically")
 
 
-def start_stage(args: argparse.Namespace):
-    """Config, then the output check (before Ray starts, so a refusal is instant), then Ray."""
+def start_stage(args: argparse.Namespace, ray: bool = True):
+    """Config, then the output check (before Ray starts, so a refusal is instant), then Ray, and MLflow
+    pointed at this work directory's store."""
     from .runtime import init_ray
-    from .stages.outputs import check_output
+    from .stage import check_output
+    from .tracking import init_mlflow
 
     cfg = config_from(args)
-    check_output(args.out, args.overwrite)
-    init_ray(cfg.run.ray_num_cpus)
+    if getattr(args, "out", None) is not None:
+        check_output(args.out, args.overwrite)
+    if ray:
+        init_ray(cfg.run.ray_num_cpus)
+    init_mlflow(cfg.run.work_dir, cfg.run.experiment)
     return cfg
 
 
@@ -138,7 +143,7 @@ def run_pipeline_cmd(args) -> int:
 
     cfg = config_from(args, [f"synth.images={args.synthetic}"] if args.synthetic else [])
     if args.synthetic:
-        from .demo import ensure_synthetic
+        from .data.synth import ensure_synthetic
 
         data = Path(cfg.run.work_dir).resolve() / "data"
         ensure_synthetic(cfg.synth, data, progress=not args.no_progress)
@@ -152,7 +157,27 @@ def run_pipeline_cmd(args) -> int:
     if "register" in record["stages"]:
         from .serving.registry import format_decision
 
-        print(format_decision(record["stages"]["register"]))
+        print(format_decision(record["stages"]["register"].summary))
+    return 0
+
+
+def _methods_args(p):
+    p.add_argument("--json", action="store_true", help="print the registry as JSON")
+
+
+@command("methods")(_methods_args)
+def run_methods(args) -> int:
+    """The registered SSL methods: name (pretrain.method), label, views and settings (pretrain.options)."""
+    from .ssl.base import describe
+
+    methods = describe()
+    if args.json:
+        print(json.dumps(methods, indent=2, default=str))
+        return 0
+    for m in methods:
+        print(f"{m['name']:<10} {m['label']} ({m['views']} view{'s' if m['views'] > 1 else ''})")
+        for key, default in m["settings"].items():
+            print(f"    pretrain.options.{key:<14} {default!r:<8} {m['help'][key]}")
     return 0
 
 
@@ -164,6 +189,9 @@ def _config_args(p):
 def run_config(args) -> int:
     """Validate and print the resolved configuration as YAML."""
     cfg = config_from(args)
+    from .ssl import method_class  # torch and timm (seconds): only once the config itself is valid
+
+    method_class(cfg.pretrain)  # pretrain.method and its pretrain.options, checked by the method itself
     if args.section:
         if args.section not in type(cfg).model_fields:
             raise ConfigError(f"unknown section {args.section!r}; sections: {', '.join(type(cfg).model_fields)}")
@@ -182,14 +210,11 @@ def _filter_args(p):
 @command("filter")(_filter_args)
 def run_filter_cmd(args) -> int:
     """Stage 1: cell region filtering of smear images on Ray Data (paper Sec. II-B)."""
-    from .stages.filter import format_summary, log_to_mlflow, run_filter
-    from .tracking import init_mlflow
+    from .stages.filter import format_summary, run_filter
 
     cfg = start_stage(args)
-    summary = run_filter(args.input, args.out, cfg, args.overwrite, args.cpus_per_task)
-    init_mlflow(cfg.run.work_dir, cfg.run.experiment)
-    log_to_mlflow(args.out, cfg, args.input, summary)
-    print(format_summary(summary))
+    result = run_filter(cfg, args.input, args.out, overwrite=args.overwrite, cpus_per_task=args.cpus_per_task)
+    print(format_summary(result.summary))
     print(f"outputs in {args.out}")
     return 0
 
@@ -206,18 +231,11 @@ def _filter_eval_args(p):
 @command("filter-eval")(_filter_eval_args)
 def run_filter_eval(args) -> int:
     """Score filtered regions against annotated boxes: recall, precision, matched IoU."""
+    from .stages.filter_eval import run_filter_eval
 
-    from .stages.filter_eval import evaluate_output, log_eval
-
-    cfg = config_from(args)
-    report = evaluate_output(args.regions, args.boxes, args.label, args.iou)
-    path = args.json or args.regions / f"eval_{report['label']}.json"
-    path.write_text(json.dumps(report, indent=2))
-    from .tracking import init_mlflow
-
-    init_mlflow(cfg.run.work_dir, cfg.run.experiment)
-    log_eval(report, path)
-    print(json.dumps(report, indent=2))
+    cfg = start_stage(args, ray=False)
+    result = run_filter_eval(cfg, args.regions, args.boxes, args.json, label=args.label, iou=args.iou)
+    print(json.dumps(dict(result.summary), indent=2))
     return 0
 
 
@@ -235,8 +253,8 @@ def run_embed_cmd(args) -> int:
 
     cfg = start_stage(args)
     source, spec = ("regions", args.regions) if args.regions else ("labelled", args.labelled)
-    meta = run_embed(source, spec, args.out, cfg, args.overwrite)
-    print(json.dumps(meta, indent=2))
+    result = run_embed(cfg, source, spec, args.out, overwrite=args.overwrite)
+    print(json.dumps(dict(result.summary), indent=2))
     return 0
 
 
@@ -252,15 +270,12 @@ def _select_args(p):
 @command("select")(_select_args)
 def run_select_cmd(args) -> int:
     """Stage 3: prototypes (Eqs. 4-6), density-aware thresholds (Eq. 8) and selection (Eqs. 7, 9)."""
-    from .stages.select import format_report, log_to_mlflow, run_select
-    from .tracking import init_mlflow
+    from .stages.select import format_report, run_select
 
     cfg = start_stage(args)
-    report = run_select(args.embeddings, args.out, cfg, labelled_embeddings=args.labelled,
+    result = run_select(cfg, args.embeddings, args.out, labelled_embeddings=args.labelled,
                         snapshot=args.prototypes, regions=args.regions, overwrite=args.overwrite)
-    init_mlflow(cfg.run.work_dir, cfg.run.experiment)
-    log_to_mlflow(args.out, cfg, report)
-    print(format_report(report))
+    print(format_report(result.summary))
     print(f"outputs in {args.out}")
     return 0
 
@@ -279,13 +294,12 @@ def _pretrain_args(p):
 def run_pretrain_cmd(args) -> int:
     """Stage 4: self-supervised pretraining (MAE, MoCo v3, ...) on Ray Train, DDP."""
     from .stages.pretrain import run_pretrain
-    from .tracking import init_mlflow
 
     cfg = start_stage(args)
-    init_mlflow(cfg.run.work_dir, cfg.run.experiment)
-    record = run_pretrain(args.out, cfg, args.regions, args.selection, args.fields, args.name, args.storage,
-                          args.overwrite, args.max_failures)
-    print(json.dumps(record, indent=2))
+    result = run_pretrain(cfg, args.out, regions=args.regions, selection=args.selection, fields=args.fields,
+                          name=args.name, storage=args.storage, overwrite=args.overwrite,
+                          max_failures=args.max_failures)
+    print(json.dumps(dict(result.summary), indent=2))
     return 0
 
 
@@ -303,14 +317,13 @@ def run_finetune_cmd(args) -> int:
     """Stage 5: stratified k-fold fine-tuning on Ray Train with the paper's metrics."""
     from .evaluation.report import format_table2
     from .stages.finetune import run_finetune
-    from .tracking import init_mlflow
 
     if args.init:
         args.overrides.append(f"finetune.init={args.init}")
     cfg = start_stage(args)
-    init_mlflow(cfg.run.work_dir, cfg.run.experiment)
-    record = run_finetune(args.labelled, args.out, cfg, args.folds, args.name, args.storage, args.overwrite)
-    print(format_table2({args.name or record["name"]: record}))
+    result = run_finetune(cfg, args.labelled, args.out, folds_file=args.folds, name=args.name, storage=args.storage,
+                          overwrite=args.overwrite)
+    print(format_table2({result["name"]: dict(result.summary)}))
     print(f"outputs in {args.out}")
     return 0
 
@@ -340,7 +353,8 @@ def _ablation_args(p):
     p.add_argument("--selection", required=True, type=Path, help="select output")
     p.add_argument("--fields", required=True, help="smear images (for the no-filter row)")
     p.add_argument("--methods", default="mae",
-                   help="comma-separated SSL methods: mae, mocov3, convmae, mixmim (all four: Table II's full layout)")
+                   help="comma-separated SSL methods (`activessf methods` lists them; all four shipped ones: Table II's "
+                        "full layout)")
     p.add_argument("--baselines", default="vit",
                    help="supervised rows from scratch: vit, resnet (evaluate.cnn_baseline), or both: resnet,vit")
     p.add_argument("--rows", help='only these rows, comma-separated names as in the report (e.g. "ViT,MAE + CRF + ASS")')
@@ -351,16 +365,15 @@ def _ablation_args(p):
 def run_ablation_cmd(args) -> int:
     """The paper's Table III grid (and Table II rows) on identical folds, with the report."""
     from .evaluation.report import format_table2
-    from .stages.ablation import run_ablation
-    from .tracking import init_mlflow
+    from .ablation import run_ablation
 
     cfg = start_stage(args)
-    init_mlflow(cfg.run.work_dir, cfg.run.experiment)
-    res = run_ablation(args.out, cfg, args.labelled, args.regions, args.selection, args.fields,
-                       [m for m in args.methods.split(",") if m], args.overwrite,
+    res = run_ablation(cfg, args.labelled, args.out, regions=args.regions, selection=args.selection,
+                       fields=args.fields, methods=[m for m in args.methods.split(",") if m],
                        baselines=[b for b in args.baselines.split(",") if b],
-                       rows=[r.strip() for r in args.rows.split(",") if r.strip()] if args.rows else None)
-    print(format_table2(res["runs"], res["pairs"], cfg.evaluate.significance, res["record"]["table2"]))
+                       rows=[r.strip() for r in args.rows.split(",") if r.strip()] if args.rows else None,
+                       overwrite=args.overwrite)
+    print(format_table2(res["runs"], res["pairs"], cfg.evaluate.significance, res["table2"]))
     print(f"report: {args.out}/report.html (and report.md)")
     return 0
 
@@ -384,17 +397,15 @@ def run_sweep_cmd(args) -> int:
     """Ray Tune sweep of selection or filter settings; every trial an MLflow run; writes best.yaml."""
     from .stages.sweep import run_sweep
     from .sweep.space import load_space
-    from .tracking import init_mlflow
 
     cfg = config_from(args)
     load_space(args.space, cfg.model_dump(mode="json"))  # a bad space fails before Ray starts
     cfg = start_stage(args)
-    init_mlflow(cfg.run.work_dir, cfg.run.experiment)
-    best = run_sweep(args.space, args.out, cfg, regions=args.regions, embeddings=args.embeddings,
-                     labelled_embeddings=args.labelled_embeddings, labelled=args.labelled, images=args.input,
-                     boxes=args.boxes, label=args.label, name=args.name, storage=args.storage,
-                     overwrite=args.overwrite)
-    print(json.dumps(best, indent=2, default=str))
+    result = run_sweep(cfg, args.space, args.out, regions=args.regions, embeddings=args.embeddings,
+                       labelled_embeddings=args.labelled_embeddings, labelled=args.labelled, images=args.input,
+                       boxes=args.boxes, label=args.label, name=args.name, storage=args.storage,
+                       overwrite=args.overwrite)
+    print(json.dumps(dict(result.summary), indent=2, default=str))
     print(f"best configuration: {args.out}/best.yaml (use it with --config); all trials: {args.out}/trials.csv")
     return 0
 
@@ -411,11 +422,11 @@ def _register_args(p):
 def run_register(args) -> int:
     """Register a fine-tuned classifier in the MLflow model registry; promote it if it beats the champion."""
     from .serving.registry import format_decision, register
-    from .tracking import init_mlflow
 
-    cfg = config_from(args, [f"register.model_name={args.name}"] if args.name else [])
-    init_mlflow(cfg.run.work_dir, cfg.run.experiment)
-    record = register(args.run, cfg, force=args.force)
+    if args.name:
+        args.overrides.append(f"register.model_name={args.name}")
+    cfg = start_stage(args, ray=False)
+    record = dict(register(args.run, cfg, force=args.force).summary)
     if args.json:
         args.json.write_text(json.dumps(record, indent=2))
     print(format_decision(record))

@@ -1,6 +1,6 @@
 """Typed, validated configuration: one section per pipeline stage.
 
-Defaults reproduce the paper (``../shared/paper/NOTES.md``); where the paper is
+Defaults reproduce the paper (docs/paper-notes.md); where the paper is
 ambiguous the reading we take is the default and the alternatives are switches,
 documented on the field. A config is loaded from YAML, overridden from the
 command line with ``--set section.field=value`` (the value is parsed as YAML),
@@ -229,19 +229,16 @@ class SelectConfig(Section):
 
 
 class PretrainConfig(Section):
-    method: str = Field("mae", min_length=1, description="SSL method from the registry")
+    method: str = Field("mae", min_length=1, description="SSL method from the registry (`activessf methods`)")
     model: Literal["micro", "mini", "tiny", "small", "base", "large"] = Field(
         "base", description="ViT size (micro: tests and CPU demos; mini: CPU experiments)"
     )
     image_size: int = Field(224, ge=16, le=1024, description="input size")
     patch_size: int = Field(16, ge=2, le=64, description="ViT patch size")
-    mask_ratio: float = Field(0.75, gt=0, lt=1, description="MAE and ConvMAE mask ratio")
-    mixmim_mask_ratio: float = Field(0.5, gt=0, lt=1, description="MixMIM mask ratio (its paper: 0.5)")
-    norm_pix_loss: bool = Field(True, description="MAE loss on per-patch normalised pixels")
-    moco_dim: int = Field(256, ge=8, description="MoCo v3 output dim")
-    moco_mlp_dim: int = Field(4096, ge=8, description="MoCo v3 projector/predictor hidden dim")
-    moco_temperature: float = Field(0.2, gt=0, le=10, description="MoCo v3 temperature T")
-    moco_momentum: float = Field(0.99, ge=0, le=1, description="MoCo v3 EMA momentum at the start (cosine to 1)")
+    options: dict = Field(
+        default_factory=dict, description="the method's own settings, e.g. {mask_ratio: 0.6}; each method declares "
+        "them with their defaults (`activessf methods` lists them)"
+    )
     source: Literal["selected", "filtered", "fields"] = Field(
         "selected", description="selected regions (ActiveSSF), all filtered regions, or random crops of raw fields"
     )
@@ -498,6 +495,8 @@ def _explain_one(err: dict, model: type[BaseModel]) -> str:
         known = list(owner.model_fields) if owner else []
         close = difflib.get_close_matches(loc[-1], known, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
+        if loc[0] == "pretrain" and len(loc) == 2:
+            hint += " A method's own settings go under pretrain.options (e.g. pretrain.options.mask_ratio=0.6)."
         return f"{dotted}: unknown field.{hint} Known fields here: {', '.join(known)}"
     msg = err["msg"].removeprefix("Value error, ")
     field = _field_at(model, loc)

@@ -45,3 +45,9 @@ DEFAULT_MIX: dict[str, float] = {
     "MR-MK": 0.07,
     "HL-MK": 0.015,
 }
+
+
+def class_order(labels: list[str]) -> list[str]:
+    """The paper's subtype order when the labels are subtypes, else sorted."""
+    present = set(labels)
+    return [s for s in SUBTYPES if s in present] if present <= set(SUBTYPES) else sorted(present)

@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 
 DB_NAME = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
+_store: dict[str, str] = {}  # what init_mlflow last chose in this process: uri, experiment id
 
 
 def tracking_uri(work_dir: str | Path) -> str:
@@ -45,8 +46,21 @@ def init_mlflow(work_dir: str | Path, experiment: str) -> str:
     else:
         exp_id = found.experiment_id
     mlflow.set_experiment(experiment_id=exp_id)
+    _store.update(uri=uri, experiment_id=exp_id)
     log.info("MLflow: %s, experiment %r (%s)", uri, experiment, exp_id)
     return exp_id
+
+
+def ensure_mlflow(work_dir: str | Path, experiment: str) -> None:
+    """``init_mlflow`` unless this process has already chosen a store and an experiment."""
+    if not _store:
+        init_mlflow(work_dir, experiment)
+
+
+def store_uri(work_dir: str | Path) -> str:
+    """The store this process logs to (what ``init_mlflow`` chose), else ``work_dir``'s: what Ray Train
+    workers and Tune trials must log to, so that the runs they fill are the driver's."""
+    return _store.get("uri") or tracking_uri(work_dir)
 
 
 def ui_command(work_dir: str | Path) -> str:

@@ -91,7 +91,6 @@ def test_pixel_limit_is_checked_before_decoding():
 
 def open_bytes_of_huge_header() -> bytes:
     """A valid PNG of 30000 x 30000 one-bit pixels (112 MB decoded, 110 kB on disk)."""
-    import io
     import zlib
     import struct
 

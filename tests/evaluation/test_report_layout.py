@@ -5,7 +5,7 @@ import pytest
 
 from activessf.evaluation.metrics import fold_metrics, summarise
 from activessf.evaluation.report import write_report
-from activessf.stages.ablation import pairs_for, pick_rows, rows_for, table3_rows
+from activessf.ablation import pairs_for, pick_rows, rows_for, table3_rows
 
 CLASSES = ["a", "b", "c"]
 FOLDS = 5

@@ -3,7 +3,6 @@
 import glob
 
 import cv2
-import pytest
 
 from activessf.config import load_config
 from activessf.data.annotations import load_boxes

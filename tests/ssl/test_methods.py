@@ -9,7 +9,8 @@ from activessf.ssl.mae import random_masking
 from activessf.ssl.mocov3 import momentum_at
 from activessf.ssl.vit import SIZES
 
-TINY = dict(model="micro", image_size=32, patch_size=8, moco_mlp_dim=32, moco_dim=16, epochs=1, warmup_epochs=0)
+TINY = dict(model="micro", image_size=32, patch_size=8, epochs=1, warmup_epochs=0)
+MOCO_TINY = {"mlp_dim": 32, "dim": 16}  # MoCo v3's own settings (pretrain.options)
 
 
 def cfg(**kw) -> PretrainConfig:
@@ -51,13 +52,13 @@ def test_mae_patchify_roundtrip_and_output_shapes():
 
 def test_mocov3_loss_is_symmetric_in_its_views():
     torch.manual_seed(0)
-    m = build_method(cfg(method="mocov3")).eval()  # eval: BatchNorm uses fixed statistics
+    m = build_method(cfg(method="mocov3", options=MOCO_TINY)).eval()  # eval: BatchNorm uses fixed statistics
     a, b = batch(6, 1), batch(6, 2)
     assert torch.allclose(m([a, b]).loss, m([b, a]).loss, atol=1e-6)
 
 
 def test_mocov3_momentum_encoder_follows_the_schedule():
-    m = build_method(cfg(method="mocov3", moco_momentum=0.9))
+    m = build_method(cfg(method="mocov3", options={**MOCO_TINY, "momentum": 0.9}))
     assert momentum_at(0.0, 0.9) == pytest.approx(0.9) and momentum_at(1.0, 0.9) == pytest.approx(1.0)
     assert momentum_at(0.5, 0.9) == pytest.approx(0.95)
     with torch.no_grad():
@@ -72,7 +73,7 @@ def test_mocov3_momentum_encoder_follows_the_schedule():
 
 def test_mocov3_loss_decreases():
     torch.manual_seed(0)
-    m = build_method(cfg(method="mocov3"))
+    m = build_method(cfg(method="mocov3", options=MOCO_TINY))
     opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-3)
     a = batch(16, 3)
     b = a.flip(3) + 0.02 * torch.randn_like(a)
@@ -91,7 +92,7 @@ def test_mocov3_loss_decreases():
 def test_exported_encoder_loads_into_timm(method):
     import timm
 
-    m = build_method(cfg(method=method))
+    m = build_method(cfg(method=method, options=MOCO_TINY if method == "mocov3" else {}))
     state = m.export_encoder()
     s = SIZES["micro"]
     vit = timm.create_model(s.timm_name, pretrained=False, num_classes=0, img_size=32, patch_size=8,
@@ -125,7 +126,8 @@ def test_every_method_learns_a_fixed_batch_under_ddp_and_exports_into_timm(name,
     from activessf.ssl.augment import make_views
     from activessf.training.optim import param_groups
 
-    p = cfg(method=name, norm_pix_loss=False, **METHOD_SIZES.get(name, {}))
+    options = MOCO_TINY if name == "mocov3" else {"norm_pix_loss": False}
+    p = cfg(method=name, options=options, **METHOD_SIZES.get(name, {}))
     torch.manual_seed(0)
     method = build_method(p)
     model = DistributedDataParallel(method)

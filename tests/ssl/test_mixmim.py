@@ -131,7 +131,7 @@ def test_loss_decreases_on_a_fixed_batch():
     """On per-patch normalised targets, predicting each patch's mean scores 1.0: going well below it
     means the decoder fits the images' content, not just their average colour."""
     torch.manual_seed(0)
-    m = build_method(cfg(norm_pix_loss=True))
+    m = build_method(cfg(options={"norm_pix_loss": True}))
     opt = torch.optim.AdamW(m.parameters(), lr=2e-3)
     imgs = batch(4)
     losses = []

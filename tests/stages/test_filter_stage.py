@@ -14,8 +14,9 @@ from activessf.data.sources import list_inputs
 from activessf.data.synth import paint_field
 from activessf.imageio import decode_png, write_png
 from activessf.regions.filter import filter_image
-from activessf.stages.filter import log_to_mlflow, read_table, run_filter
-from activessf.stages.outputs import OutputExists
+from activessf.regions.records import read_table
+from activessf.stage import OutputExists
+from activessf.stages.filter import run_filter
 from badfiles import TEST_MAX_PIXELS, write_bad_files
 
 pytestmark = pytest.mark.ray
@@ -50,8 +51,8 @@ def rows_by_source(out):
 def test_bad_files_become_error_rows_and_good_regions_are_unchanged(ray_cluster, inputs, tmp_path):
     good, mixed, cases = inputs
     cfg = config()
-    clean = run_filter(str(good), tmp_path / "clean", cfg)
-    summary = run_filter(str(mixed), tmp_path / "mixed", cfg)
+    clean = run_filter(cfg, str(good), tmp_path / "clean")
+    summary = run_filter(cfg, str(mixed), tmp_path / "mixed")
     files = list_inputs(str(mixed))
     assert summary["images_read"] == len(files) == 3 + len(cases)  # directory.jpg is not a file: not listed
     errors = {os.path.basename(e["source"]): e for e in read_table(tmp_path / "mixed", "errors").to_pylist()}
@@ -70,7 +71,7 @@ def test_bad_files_become_error_rows_and_good_regions_are_unchanged(ray_cluster,
 def test_regions_match_the_in_process_filter_and_crops_decode(ray_cluster, inputs, tmp_path):
     good, _, _ = inputs
     cfg = config()
-    run_filter(str(good), tmp_path / "out", cfg)
+    run_filter(cfg, str(good), tmp_path / "out")
     rows = read_table(tmp_path / "out", "regions").to_pylist()
     for name in sorted(os.listdir(good)):
         rgb = decode_png((good / name).read_bytes())
@@ -86,11 +87,11 @@ def test_regions_match_the_in_process_filter_and_crops_decode(ray_cluster, input
 
 def test_outputs_summary_config_and_figures(ray_cluster, inputs, tmp_path):
     good, _, _ = inputs
-    summary = run_filter(str(good), tmp_path / "o", config())
+    summary = run_filter(config(), str(good), tmp_path / "o")
     files = {p.name for p in (tmp_path / "o").iterdir()}
     assert {"regions", "rejected.parquet", "errors.parquet", "images.parquet", "summary.json",
             "config.yaml", "contact_sheet.png", "region_stats.png"} <= files
-    assert json.loads((tmp_path / "o" / "summary.json").read_text()) == summary
+    assert json.loads((tmp_path / "o" / "summary.json").read_text()) == dict(summary.summary)
     assert summary["images_ok"] == 3 and summary["images_failed"] == 0 and summary["images_per_s"] > 0
     assert load_config(tmp_path / "o" / "config.yaml").filter.max_pixels == TEST_MAX_PIXELS
 
@@ -98,12 +99,12 @@ def test_outputs_summary_config_and_figures(ray_cluster, inputs, tmp_path):
 def test_rerun_refuses_and_overwrite_replaces_atomically(ray_cluster, inputs, tmp_path):
     good, _, _ = inputs
     out = tmp_path / "o"
-    run_filter(str(good), out, config())
+    run_filter(config(), str(good), out)
     first = rows_by_source(out)
     with pytest.raises(OutputExists, match="--overwrite"):
-        run_filter(str(good), out, config())
+        run_filter(config(), str(good), out)
     (out / "stale.txt").write_text("from an older run")
-    run_filter(str(good), out, config(), overwrite=True)
+    run_filter(config(), str(good), out, overwrite=True)
     assert not (out / "stale.txt").exists()
     assert rows_by_source(out) == first  # region ids are stable across runs
     assert [p.name for p in tmp_path.iterdir()] == ["o"]  # no staging or old directories left
@@ -113,7 +114,7 @@ def test_rerun_refuses_and_overwrite_replaces_atomically(ray_cluster, inputs, tm
 def test_no_regions_still_writes_readable_tables(ray_cluster, inputs, tmp_path):
     good, _, _ = inputs
     cfg = load_config(overrides=["filter.min_box=5000"])
-    summary = run_filter(str(good), tmp_path / "o", cfg)
+    summary = run_filter(cfg, str(good), tmp_path / "o")
     assert summary["regions_kept"] == 0
     assert read_table(tmp_path / "o", "regions").num_rows == 0
 
@@ -125,9 +126,9 @@ def test_mlflow_run_records_config_summary_and_figures(ray_cluster, inputs, tmp_
 
     good, _, _ = inputs
     cfg = config()
-    summary = run_filter(str(good), tmp_path / "o", cfg)
     init_mlflow(tmp_path / "work", "filter-test")
-    run = mlflow.get_run(log_to_mlflow(tmp_path / "o", cfg, str(good), summary))
+    summary = run_filter(cfg, str(good), tmp_path / "o")
+    run = mlflow.get_run(summary.run_id)
     assert run.data.params["min_box"] == "70" and run.data.params["fill_rate"] == "0.7"
     assert run.data.metrics["regions_kept"] == summary["regions_kept"]
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}

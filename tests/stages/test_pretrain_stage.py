@@ -72,12 +72,12 @@ def test_two_gloo_workers_survive_nan_steps_a_killed_run_and_a_dead_worker(regio
     cfg = config(tmp_path, "pretrain.source=selected", "pretrain.epochs=4", "pretrain.batch_size=2")
     nan = {"inject_nan_steps": [0, 2, 3, 4, 5, 6], "max_bad_steps": 5}
     with pytest.raises(TrainingFailedError):
-        run_pretrain(tmp_path / "a", cfg, regions=regions, selection=tmp_path / "sel", name="day", max_failures=0,
+        run_pretrain(cfg, tmp_path / "a", regions=regions, selection=tmp_path / "sel", name="day", max_failures=0,
                      test_hooks={**nan, "fail_at_epoch": 2})
     saved = max(map(load_state, ckpt_dirs(tmp_path / "work" / "ray_results" / "day")), key=lambda st: st["epoch"])
     assert saved["epoch"] == 2 and saved["guard"]["skipped"] == 6 and saved["guard"]["rollbacks"] == 1
 
-    rec = run_pretrain(tmp_path / "b", cfg, regions=regions, selection=tmp_path / "sel", name="day", max_failures=1,
+    rec = run_pretrain(cfg, tmp_path / "b", regions=regions, selection=tmp_path / "sel", name="day", max_failures=1,
                        test_hooks={**nan, "fail_at_epoch": 3})
     assert rec["rows"] == kept and rec["epochs"] == 4 and np.isfinite(rec["final_loss"])
     assert rec["skipped_steps"] == 6 and rec["rollbacks"] == 1 and rec["lr_factor"] == 0.5  # kept across restarts

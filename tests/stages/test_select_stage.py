@@ -10,7 +10,7 @@ import pytest
 from activessf.config import load_config
 from activessf.data import synth
 from activessf.selection.prototypes import load
-from activessf.stages.embed import read_embeddings
+from activessf.data.embeddings import read_embeddings
 from activessf.stages.select import run_select
 from conftest import EMBED_TINY
 
@@ -32,7 +32,7 @@ def pipeline(embedded):
 def fitted(pipeline, tmp_path_factory):
     """One selection with prototypes fitted on the labelled embeddings."""
     out = tmp_path_factory.mktemp("fitted") / "s"
-    report = run_select(pipeline["emb_regions"], out, config(), labelled_embeddings=pipeline["emb_labelled"],
+    report = run_select(config(), pipeline["emb_regions"], out, labelled_embeddings=pipeline["emb_labelled"],
                         regions=pipeline["regions"])
     return out, report
 
@@ -81,11 +81,11 @@ def test_every_region_gets_a_recorded_decision(pipeline, fitted):
 def test_a_snapshot_reselects_without_refit_and_takes_new_bounds(pipeline, fitted, tmp_path):
     """(Bitwise repeatability: the CLI's fit below, and the crash test, reproduce ``fitted`` exactly.)"""
     out, _ = fitted
-    run_select(pipeline["emb_regions"], tmp_path / "b", config(), snapshot=out / "prototypes.npz")
+    run_select(config(), pipeline["emb_regions"], tmp_path / "b", snapshot=out / "prototypes.npz")
     assert selection(out).drop_columns(["prototypes_version"]).equals(
         selection(tmp_path / "b").drop_columns(["prototypes_version"]))
     looser = config("select.bound_mode=absolute", "select.lb=0", "select.ub=1000", "select.alpha=0")
-    report = run_select(pipeline["emb_regions"], tmp_path / "c", looser, snapshot=out / "prototypes.npz")
+    report = run_select(looser, pipeline["emb_regions"], tmp_path / "c", snapshot=out / "prototypes.npz")
     a, c = load(out / "prototypes.npz"), load(tmp_path / "c" / "prototypes.npz")
     assert np.array_equal(a.centres, c.centres) and c.version == a.version + 1
     assert report["totals"]["selected"] == report["totals"]["regions"]  # alpha 0: every threshold is UB = 1000
@@ -106,7 +106,7 @@ def test_store_actor_killed_mid_selection_changes_nothing(pipeline, fitted, tmp_
 
         threading.Thread(target=kill_when_busy, daemon=True).start()
 
-    run_select(pipeline["emb_regions"], tmp_path / "chaos", config(), labelled_embeddings=pipeline["emb_labelled"],
+    run_select(config(), pipeline["emb_regions"], tmp_path / "chaos", labelled_embeddings=pipeline["emb_labelled"],
                batch_size=1, on_store=chaos)
     n = len(read_embeddings(pipeline["emb_regions"])[0])
     assert 3 <= seen["calls_at_kill"] < n  # the kill came mid-selection
@@ -120,7 +120,7 @@ def test_labelled_set_smaller_than_k_is_a_clear_error(pipeline, tmp_path):
     from activessf.selection.prototypes import PrototypeError
 
     with pytest.raises(PrototypeError, match="K = 80 prototypes need at least 80 labelled samples, got 55"):
-        run_select(pipeline["emb_regions"], tmp_path / "x", config("prototypes.k=80"),
+        run_select(config("prototypes.k=80"), pipeline["emb_regions"], tmp_path / "x",
                    labelled_embeddings=pipeline["emb_labelled"])
     assert not (tmp_path / "x").exists()
 

@@ -54,7 +54,7 @@ def test_selection_sweep_trains_inside_trials_and_writes_the_best_config(data, t
                          "  select.bound_mode: {choice: [quantile]}\n  select.q_high: {uniform: [0.99, 1.0]}\n"
                          "  prototypes.k: {choice: [4, 6]}\n")
     cfg = load_config(overrides=TINY + [f"run.work_dir={store}", "sweep.num_samples=1"])
-    best = run_sweep(sp, tmp_path / "out", cfg, regions=data["regions"], embeddings=data["emb_regions"],
+    best = run_sweep(cfg, sp, tmp_path / "out", regions=data["regions"], embeddings=data["emb_regions"],
                      labelled_embeddings=data["emb_labelled"], labelled=data["data"] / "labelled", name="sel")
     trials = pd.read_csv(tmp_path / "out" / "trials.csv")
     assert len(trials) == 3 and sorted(trials["select.alpha"]) == [0.0, 0.5, 60.0]  # the grid, once each
@@ -77,7 +77,7 @@ def test_filter_sweep_scores_f1_against_the_boxes(data, tmp_path, store):
     sp = space(tmp_path, "kind: filter\nspace:\n  filter.min_box: {grid: [40, 300]}\n"
                          "  filter.fill_rate: {uniform: [0.5, 0.7]}\n")
     cfg = load_config(overrides=TINY + [f"run.work_dir={store}", "sweep.num_samples=1"])
-    best = run_sweep(sp, tmp_path / "out", cfg, images=str(data["data"] / "smears"), boxes=data["data"], name="flt")
+    best = run_sweep(cfg, sp, tmp_path / "out", images=str(data["data"] / "smears"), boxes=data["data"], name="flt")
     trials = pd.read_csv(tmp_path / "out" / "trials.csv").set_index("filter.min_box")
     assert trials.loc[300, "f1"] == 0.0 and trials.loc[300, "regions"] == 0  # no cell is 300 px wide
     assert trials.loc[40, "f1"] > 0.3 and best["values"]["filter.min_box"] == 40
@@ -90,5 +90,5 @@ def test_a_bad_space_fails_before_any_trial(data, tmp_path, store):
 
     sp = space(tmp_path, "kind: filter\nspace:\n  filter.min_bx: {grid: [40]}\n")
     with pytest.raises(ConfigError, match="Did you mean 'filter.min_box'"):
-        run_sweep(sp, tmp_path / "out", load_config(overrides=TINY), images=str(data["data"] / "smears"), boxes=data["data"])
+        run_sweep(load_config(overrides=TINY), sp, tmp_path / "out", images=str(data["data"] / "smears"), boxes=data["data"])
     assert not (tmp_path / "out").exists()

@@ -201,6 +201,8 @@ def _bridges(shape, pts: np.ndarray, width: int) -> np.ndarray:
 
 def render_cell(rng: np.random.Generator, style: CellStyle) -> tuple[np.ndarray, np.ndarray]:
     """OD patch (S, S, 3) and coverage mask (S, S) of one cell at the patch centre."""
+    # long: the cell's layers (outline, nucleus, cytoplasm, granules, buds) drawn in one fixed order of RNG
+    # calls; that order is what makes a seed reproduce a dataset byte for byte, so it stays in one place.
     radius = style.diameter / 2.0
     size = int(np.ceil(radius * 1.3 + 10)) * 2
     dy, dx = _grid(size)

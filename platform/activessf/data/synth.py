@@ -21,6 +21,7 @@ import csv
 import json
 import logging
 import os
+import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -31,7 +32,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ..config import SynthConfig, save_config
+from ..config import SynthConfig, save_config, to_yaml
 from ..imageio import write_png
 from ..subtypes import SUBTYPES
 from .cells import OD_PRECIPITATE, OD_GRANULE, render_blob, render_cell, render_fibre, render_rbc
@@ -357,3 +358,18 @@ def class_counts(record: dict) -> dict[str, dict[str, int]]:
 def iter_labelled(record: dict, directory: str | Path) -> Iterable[tuple[str, Path]]:
     for r in record["labelled"]:
         yield r["subtype"], Path(directory) / r["file"]
+
+
+def ensure_synthetic(cfg: SynthConfig, out: Path, progress: bool = True) -> dict:
+    """The dataset at ``out`` for these settings: reused if identical, else regenerated."""
+    saved = out / "config.yaml"
+    if (out / GROUND_TRUTH).exists() and saved.exists() and saved.read_text() == to_yaml(data_settings(cfg)):
+        log.info("reusing the synthetic dataset in %s (same settings)", out)
+        return load_ground_truth(out)
+    if out.exists():
+        if not (out / GROUND_TRUTH).exists() and any(out.iterdir()):
+            raise FileExistsError(f"{out} exists and is not a synthetic dataset; refusing to replace it")
+        shutil.rmtree(out)
+    log.info("generating %d smear fields and %d labelled crops into %s", cfg.images, cfg.labelled, out)
+    return generate(cfg, out, progress=progress)
+

@@ -10,8 +10,10 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from ..config import FilterConfig
 from ..data.decode import BadImage, decode_image
@@ -54,6 +56,18 @@ IMAGE_SCHEMA = pa.schema(
         ("seconds", pa.float32()),
     ]
 )
+
+
+# the tables of a filter output directory (``regions`` is a directory of parquet files, the others one file each)
+TABLES = {"regions": REGION_SCHEMA, "rejected": REJECTED_SCHEMA, "errors": ERROR_SCHEMA, "images": IMAGE_SCHEMA}
+
+
+def read_table(out: str | Path, name: str, columns: list[str] | None = None) -> pa.Table:
+    """One table of a filter output directory."""
+    path = Path(out) / (name if name == "regions" else f"{name}.parquet")
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: is {out} the output of `activessf filter`?")
+    return pq.read_table(path, columns=columns, schema=TABLES[name] if name == "regions" else None)
 
 
 def region_id(source: str, x: int, y: int, w: int, h: int) -> str:

@@ -107,20 +107,27 @@ def kmeans(x: np.ndarray, k: int, niter: int, seed: int) -> np.ndarray:
     return np.ascontiguousarray(km.centroids, dtype=np.float32)
 
 
-def assign(centres: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eq. 7: nearest prototype and Euclidean distance of each row of ``x`` -> ((M,), (M,))."""
+def centre_index(centres: np.ndarray):
+    """A FAISS index over ``centres`` (exact L2) for :func:`assign`."""
     import faiss
 
+    index = faiss.IndexFlatL2(centres.shape[1])
+    index.add(np.ascontiguousarray(centres, dtype=np.float32))
+    return index
+
+
+def assign(x: np.ndarray, centres: np.ndarray, index=None) -> tuple[np.ndarray, np.ndarray]:
+    """Eq. 7: nearest prototype and Euclidean distance of each row of ``x`` -> ((M,), (M,)).
+
+    ``index``: a :func:`centre_index` of ``centres`` to reuse (the store keeps one)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     if len(x) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    index = faiss.IndexFlatL2(centres.shape[1])
-    index.add(np.ascontiguousarray(centres, dtype=np.float32))
-    d2, idx = index.search(x, 1)
+    d2, idx = (index if index is not None else centre_index(centres)).search(x, 1)
     return idx[:, 0].astype(np.int64), np.sqrt(np.maximum(d2[:, 0], 0.0)).astype(np.float32)
 
 
-def assign_numpy(centres: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def assign_numpy(x: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Brute-force reference of :func:`assign` in NumPy (for tests and benchmarks)."""
     c = centres.astype(np.float32)
     d2 = (x * x).sum(1)[:, None] - 2.0 * x @ c.T + (c * c).sum(1)[None]
@@ -193,7 +200,7 @@ def fit_prototypes(
             parts.append(kmeans(xc, kc, cfg.niter, cfg.seed))
             owner += [c] * kc
         centres, cluster_class = np.concatenate(parts), np.array(owner, np.int64)
-    member_cluster, member_distance = assign(centres, x)
+    member_cluster, member_distance = assign(x, centres)
     counts = np.bincount(member_cluster, minlength=len(centres))
     proto = Prototypes(
         centres=centres,
@@ -229,9 +236,10 @@ def with_thresholds(proto: Prototypes, cfg: SelectConfig, bump: bool = True) -> 
 # ------------------------------------------------------------------ selection (Eq. 9)
 
 
-def select(proto: Prototypes, x: np.ndarray) -> dict[str, np.ndarray]:
-    """Eq. 7 and Eq. 9 for a batch: cluster, distance, threshold, selected (every row recorded)."""
-    cluster, distance = assign(proto.centres, x)
+def select(proto: Prototypes, x: np.ndarray, index=None) -> dict[str, np.ndarray]:
+    """Eq. 7 and Eq. 9 for a batch: cluster, distance, threshold, selected (every row recorded).
+    ``index``: a :func:`centre_index` of ``proto.centres`` to reuse."""
+    cluster, distance = assign(x, proto.centres, index)
     threshold = proto.thresholds[cluster].astype(np.float32) if len(cluster) else np.zeros(0, np.float32)
     return {"cluster": cluster, "distance": distance, "threshold": threshold, "selected": distance <= threshold}
 

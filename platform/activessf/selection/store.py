@@ -81,19 +81,12 @@ class PrototypeStore:
         return self._commit(P.with_thresholds(self.proto, SelectConfig(**select_cfg)))
 
     def assign(self, embeddings: np.ndarray) -> dict:
-        """Eq. 7 and Eq. 9 for a batch; also returns the version that decided it."""
+        """Eq. 7 and Eq. 9 for a batch (``prototypes.select`` on the store's index); also returns the
+        version that decided it."""
         self._need()
         self.calls += 1
-        x = np.ascontiguousarray(embeddings, dtype=np.float32)
-        if len(x):
-            d2, idx = self.index.search(x, 1)
-            cluster = idx[:, 0].astype(np.int64)
-            distance = np.sqrt(np.maximum(d2[:, 0], 0.0)).astype(np.float32)
-        else:
-            cluster, distance = np.zeros(0, np.int64), np.zeros(0, np.float32)
-        threshold = self.proto.thresholds[cluster].astype(np.float32)
-        return {"cluster": cluster, "distance": distance, "threshold": threshold,
-                "selected": distance <= threshold, "version": self.proto.version, "digest": self.proto.digest}
+        return {**P.select(self.proto, embeddings, self.index), "version": self.proto.version,
+                "digest": self.proto.digest}
 
     def snapshot(self) -> str:
         self._need()

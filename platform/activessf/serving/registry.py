@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..config import Config, load_config
+from ..stage import StageResult, log_results, stage_run
 from .promotion import Decision, Evidence, decide, evidence_from_metrics
 
 log = logging.getLogger(__name__)
@@ -80,9 +81,9 @@ def champion_evidence(client, name: str, alias: str, force: bool = False) -> Opt
     return evidence_of_version(version)
 
 
-def register(run_dir: str | Path, cfg: Config, force: bool = False) -> dict:
-    """Register the final model of a fine-tuning output; move the alias if it earns it. Returns the record."""
-    import mlflow
+def register(run_dir: str | Path, cfg: Config, force: bool = False) -> StageResult:
+    """Register the final model of a fine-tuning output; move the alias if it earns it. The result's
+    summary is the promotion record."""
     from mlflow import MlflowClient
 
     from ..evaluation.report import load_run
@@ -95,43 +96,47 @@ def register(run_dir: str | Path, cfg: Config, force: bool = False) -> dict:
                                 "that the run also trains the model to deploy on every labelled sample")
     r = cfg.register
     run_cfg = load_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else cfg
-    classes = json.loads((model_dir / "model.json").read_text())["classes"]
-    candidate = evidence_from_metrics(metrics)
-    client = MlflowClient()
-    champion = champion_evidence(client, r.model_name, r.alias, force)
-    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(
-        run_name=f"register-{r.model_name}", nested=mlflow.active_run() is not None
-    ) as run:
-        serving = Path(tmp) / "serving.json"
-        serving.write_text(json.dumps({"filter": run_cfg.filter.model_dump(mode="json"),
-                                       "limits": {"max_image_bytes": r.max_image_bytes,
-                                                  "max_image_pixels": r.max_image_pixels,
-                                                  "max_images": r.max_images}}, indent=2))
-        import pandas as pd
-
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(Path(__file__).with_name("pyfunc.py")),
-            artifacts={"model": str(model_dir), "serving": str(serving)},
-            code_paths=[str(Path(__file__).resolve().parents[1])],
-            signature=signature(classes),
-            input_example=pd.DataFrame({"image": [example_cell()], "kind": ["cell"]}),
-            pip_requirements=pinned_requirements(),
-            registered_model_name=r.model_name,
-        )
-        version = str(info.registered_model_version)
+    params = {"model_name": r.model_name, "alias": r.alias, "forced": force, "finetune_run": str(run_dir)}
+    with tempfile.TemporaryDirectory() as tmp, stage_run(cfg, "register", params, f"register-{r.model_name}") as run:
+        client = MlflowClient()
+        champion = champion_evidence(client, r.model_name, r.alias, force)
+        version = log_pyfunc(r, model_dir, run_cfg, Path(tmp))
+        candidate = evidence_from_metrics(metrics)
         candidate = Evidence(candidate.pr_auc_folds, candidate.folds_digest, version, candidate.model_digest)
         decision = decide(candidate, champion, r.p_value, force)
         record = _record(r, version, decision, candidate, run_dir, run.info.run_id)
         _tag_version(client, r.model_name, version, candidate, decision, run_dir)
         if decision.promote:
             client.set_registered_model_alias(r.model_name, r.alias, version)
-        mlflow.log_params({"model_name": r.model_name, "version": version, "alias": r.alias, "forced": force,
-                           "promoted": decision.promote, "finetune_run": str(run_dir)})
-        mlflow.log_metrics({"candidate_pr_auc": candidate.mean}
-                           | ({"p_value": decision.p_value} if decision.p_value is not None else {}))
-        mlflow.log_dict(record, "promotion.json")
-    return record
+        Path(tmp, "promotion.json").write_text(json.dumps(record, indent=2))
+        log_results(Path(tmp), {"candidate_pr_auc": candidate.mean, "p_value": decision.p_value},
+                    ["promotion.json"], params={"version": version, "promoted": decision.promote})
+    return StageResult("register", model_dir.resolve(), record, run.info.run_id)
+
+
+def log_pyfunc(r, model_dir: Path, run_cfg: Config, tmp: Path) -> str:
+    """The model as an MLflow pyfunc (weights, the filter settings and input limits for serving) in the
+    active run, registered as ``r.model_name``; returns the new version."""
+    import mlflow
+    import pandas as pd
+
+    classes = json.loads((model_dir / "model.json").read_text())["classes"]
+    serving = tmp / "serving.json"
+    serving.write_text(json.dumps({"filter": run_cfg.filter.model_dump(mode="json"),
+                                   "limits": {"max_image_bytes": r.max_image_bytes,
+                                              "max_image_pixels": r.max_image_pixels,
+                                              "max_images": r.max_images}}, indent=2))
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(Path(__file__).with_name("pyfunc.py")),
+        artifacts={"model": str(model_dir), "serving": str(serving)},
+        code_paths=[str(Path(__file__).resolve().parents[1])],
+        signature=signature(classes),
+        input_example=pd.DataFrame({"image": [example_cell()], "kind": ["cell"]}),
+        pip_requirements=pinned_requirements(),
+        registered_model_name=r.model_name,
+    )
+    return str(info.registered_model_version)
 
 
 def _tag_version(client, name: str, version: str, ev: Evidence, decision: Decision, run_dir: Path) -> None:

@@ -6,10 +6,11 @@
     method.after_step(progress)                  # e.g. MoCo's momentum schedule; progress in [0, 1]
     state = method.export_encoder()              # a state dict of a timm model: method.encoder_spec(cfg)
 
-Adding a method is one module with ``@register_method("name")``; nothing else changes.
+Adding a method is one module with ``@register_method("name", "Label")`` and its own ``Settings``
+(``pretrain.options``); nothing else changes (docs/pretrain.md, "Adding a method").
 """
 
-from .base import METHODS, SSLMethod, SSLOutput, build_method, method_class, register_method
+from .base import METHODS, MethodSettings, SSLMethod, SSLOutput, build_method, method_class, register_method
 from . import convmae, mae, mixmim, mocov3  # noqa: F401  (register the methods)
 
-__all__ = ["METHODS", "SSLMethod", "SSLOutput", "build_method", "method_class", "register_method"]
+__all__ = ["METHODS", "MethodSettings", "SSLMethod", "SSLOutput", "build_method", "method_class", "register_method"]

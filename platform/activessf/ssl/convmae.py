@@ -22,13 +22,14 @@ from functools import partial
 from typing import Sequence
 
 import torch
+from pydantic import Field
 from timm.models.vision_transformer import Block
 from torch import nn
 
 from ..config import PretrainConfig
 from ..models.convvit import SIZES, STRIDE, TIMM_NAME, ConvViT, convvit_kwargs, init_linear
 from ..models.posembed import sincos_2d
-from .base import SSLMethod, SSLOutput, register_method
+from .base import MethodSettings, SSLMethod, SSLOutput, register_method
 from .mae import random_masking
 from .patches import PixelPatches
 
@@ -68,11 +69,15 @@ def check_image_size(cfg: PretrainConfig) -> None:
                          f"stride; pretrain.patch_size does not apply), got {cfg.image_size}")
 
 
-@register_method("convmae")
+@register_method("convmae", "ConvMAE")
 class ConvMAE(PixelPatches, SSLMethod):
     views = 1
     augmentation = "mae"
     patch = STRIDE  # one 16x16 patch per stage-3 token; cfg.patch_size does not apply
+
+    class Settings(MethodSettings):
+        mask_ratio: float = Field(0.75, gt=0, lt=1, description="share of stage-3 tokens masked")
+        norm_pix_loss: bool = Field(True, description="loss on per-patch normalised pixels")
 
     @classmethod
     def check_config(cls, cfg: PretrainConfig, per_worker_batch: int) -> None:
@@ -83,7 +88,8 @@ class ConvMAE(PixelPatches, SSLMethod):
         check_image_size(cfg)
         s = SIZES[cfg.model]
         d1, d2, d3 = s.dims
-        self.mask_ratio, self.norm_pix_loss = cfg.mask_ratio, cfg.norm_pix_loss
+        opts = self.settings(cfg)
+        self.mask_ratio, self.norm_pix_loss = opts.mask_ratio, opts.norm_pix_loss
         self.convvit = ConvViT(**convvit_kwargs(cfg.model, cfg.image_size))
         # Multi-scale decoder: stage-1/2 maps strided to the token grid (pretraining only, not exported)
         self.stage1_output_decode = nn.Conv2d(d1, d3, 4, stride=4)

@@ -13,11 +13,12 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+from pydantic import Field
 from timm.models.vision_transformer import Block
 from torch import nn
 
 from ..config import PretrainConfig
-from .base import SSLMethod, SSLOutput, register_method
+from .base import MethodSettings, SSLMethod, SSLOutput, register_method
 from .patches import PixelPatches
 from .vit import SIZES, build_vit, sincos_2d, vit_spec
 
@@ -39,14 +40,19 @@ def random_masking(x: torch.Tensor, mask_ratio: float) -> tuple[torch.Tensor, to
     return x_kept, torch.gather(mask, 1, ids_restore), ids_restore
 
 
-@register_method("mae")
+@register_method("mae", "MAE")
 class MAE(PixelPatches, SSLMethod):
     views = 1
+
+    class Settings(MethodSettings):
+        mask_ratio: float = Field(0.75, gt=0, lt=1, description="share of patches masked (paper: 0.75)")
+        norm_pix_loss: bool = Field(True, description="loss on per-patch normalised pixels")
 
     def __init__(self, cfg: PretrainConfig):
         super().__init__()
         s = SIZES[cfg.model]
-        self.patch, self.mask_ratio, self.norm_pix_loss = cfg.patch_size, cfg.mask_ratio, cfg.norm_pix_loss
+        opts = self.settings(cfg)
+        self.patch, self.mask_ratio, self.norm_pix_loss = cfg.patch_size, opts.mask_ratio, opts.norm_pix_loss
         self.vit = build_vit(cfg.model, cfg.image_size, cfg.patch_size)
         grid = cfg.image_size // cfg.patch_size
         self.decoder_embed = nn.Linear(s.dim, s.decoder_dim)

@@ -24,13 +24,14 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
+from pydantic import Field
 from timm.models.vision_transformer import Block
 from torch import nn
 
 from ..config import PretrainConfig
 from ..models.mixvit import SIZES, STRIDE, MixViT, check_img_size, init_weights, upsample_nearest
 from ..models.posembed import sincos_2d
-from .base import SSLMethod, SSLOutput, register_method
+from .base import MethodSettings, SSLMethod, SSLOutput, register_method
 from .patches import PixelPatches
 
 
@@ -81,10 +82,14 @@ def unmix_predictions(rec: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return rec1 * m + rec2.flip(0) * (1 - m)
 
 
-@register_method("mixmim")
+@register_method("mixmim", "MixMIM")
 class MixMIM(PixelPatches, SSLMethod):
     views = 1
     augmentation = "mae"
+
+    class Settings(MethodSettings):
+        mask_ratio: float = Field(0.5, gt=0, lt=1, description="share of tokens taken from the other image (its paper: 0.5)")
+        norm_pix_loss: bool = Field(True, description="loss on per-patch normalised pixels")
 
     @classmethod
     def check_config(cls, cfg: PretrainConfig, per_worker_batch: int) -> None:
@@ -97,7 +102,8 @@ class MixMIM(PixelPatches, SSLMethod):
     def __init__(self, cfg: PretrainConfig):
         super().__init__()
         s = SIZES[cfg.model]
-        self.patch, self.mask_ratio, self.norm_pix_loss = STRIDE, cfg.mixmim_mask_ratio, cfg.norm_pix_loss
+        opts = self.settings(cfg)
+        self.patch, self.mask_ratio, self.norm_pix_loss = STRIDE, opts.mask_ratio, opts.norm_pix_loss
         self.mixvit = MixViT(**s.timm_kwargs(cfg.image_size))  # raises unless image_size % 32 == 0
         self.grid = cfg.image_size // STRIDE
         hidden = int(self.grid**2 * self.mask_ratio)

@@ -16,10 +16,11 @@ from typing import Sequence
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from ..config import PretrainConfig
-from .base import SSLMethod, SSLOutput, register_method
+from .base import MethodSettings, SSLMethod, SSLOutput, register_method
 from .vit import SIZES, build_vit, vit_spec
 
 
@@ -51,19 +52,26 @@ def momentum_at(progress: float, base: float) -> float:
     return 1.0 - (1.0 - base) * (math.cos(math.pi * progress) + 1.0) / 2.0
 
 
-@register_method("mocov3")
+@register_method("mocov3", "MoCo v3")
 class MoCoV3(SSLMethod):
     views = 2
     augmentation = "moco"
 
+    class Settings(MethodSettings):
+        dim: int = Field(256, ge=8, description="output dim")
+        mlp_dim: int = Field(4096, ge=8, description="projector/predictor hidden dim")
+        temperature: float = Field(0.2, gt=0, le=10, description="InfoNCE temperature T")
+        momentum: float = Field(0.99, ge=0, le=1, description="EMA momentum at the start (cosine to 1)")
+
     def __init__(self, cfg: PretrainConfig):
         super().__init__()
         dim = SIZES[cfg.model].dim
-        self.T, self.m0 = cfg.moco_temperature, cfg.moco_momentum
+        opts = self.settings(cfg)
+        self.T, self.m0 = opts.temperature, opts.momentum
         self.m = self.m0
         self.base = build_vit(cfg.model, cfg.image_size, cfg.patch_size)
-        self.projector = mlp(3, dim, cfg.moco_mlp_dim, cfg.moco_dim)
-        self.predictor = mlp(2, cfg.moco_dim, cfg.moco_mlp_dim, cfg.moco_dim, last_bn=False)
+        self.projector = mlp(3, dim, opts.mlp_dim, opts.dim)
+        self.predictor = mlp(2, opts.dim, opts.mlp_dim, opts.dim, last_bn=False)
         self.momentum_base = copy.deepcopy(self.base)
         self.momentum_projector = copy.deepcopy(self.projector)
         for p in list(self.momentum_base.parameters()) + list(self.momentum_projector.parameters()):

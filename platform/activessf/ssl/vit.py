@@ -38,6 +38,16 @@ def vit_spec(cfg) -> dict:
                             "depth": s.depth, "num_heads": s.heads}}
 
 
+def vit_overrides(cfg) -> list[str]:
+    """Config overrides that fine-tune the ViT which pretraining (``cfg``, a Config) builds, at its input size."""
+    p = cfg.pretrain
+    s = SIZES[p.model]
+    kwargs = f"{{img_size: {p.image_size}, patch_size: {p.patch_size}, embed_dim: {s.dim}, depth: {s.depth}, " \
+             f"num_heads: {s.heads}}}"
+    return [f"finetune.backbone={s.timm_name}", f"finetune.backbone_kwargs={kwargs}",
+            f"finetune.image_size={p.image_size}"]
+
+
 def build_vit(size: str, image_size: int, patch_size: int, drop_path: float = 0.0):
     """A timm VisionTransformer (no head) whose position embedding is fixed sin-cos."""
     from timm.models.vision_transformer import VisionTransformer

@@ -24,21 +24,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..config import Config, EmbedConfig, save_config
+from ..config import Config, EmbedConfig, flatten, save_config
 from ..data.decode import BadImage, decode_image
+from ..data.embeddings import embedding_schema
 from ..data.labelled import list_labelled
 from ..data.sources import read_bytes
+from ..resources import Resources, plan
+from ..stage import StageResult, log_results, stage_run, staged_output
 from ..training.inline import fits_inline
-from .outputs import staged_output
 
 log = logging.getLogger(__name__)
 
 MAX_CROP_PIXELS = 50_000_000
-
-
-def embedding_schema(dim: int) -> pa.Schema:
-    return pa.schema([("id", pa.string()), ("label", pa.string()),
-                      ("embedding", pa.list_(pa.float32(), dim)), ("error", pa.string())])
+FILES = ("embed.json", "config.yaml")
 
 
 class EmbedBatch:
@@ -134,47 +132,51 @@ def embed_here(rows: dict[str, list], cfg: EmbedConfig) -> pa.Table:
     return pa.concat_tables(parts) if parts else embedding_schema(udf.backbone.dim).empty_table()
 
 
-def run_embed(source: str, spec: str | Path, out: str | Path, cfg: Config, overwrite: bool = False) -> dict:
-    """Embed ``regions`` (a filter output) or ``labelled`` (ImageFolder / CSV) into ``out``."""
-    import ray
-
+def run_embed(cfg: Config, source: str, spec: str | Path, out: str | Path, *, overwrite: bool = False) -> StageResult:
+    """Embed ``regions`` (a filter output) or ``labelled`` cells (ImageFolder / CSV) named by ``spec``."""
     if source not in ("regions", "labelled"):
         raise ValueError(f"source must be regions or labelled, got {source!r}")
     if cfg.embed.weights is None:
         log.warning("embed.weights is not set: %s is RANDOMLY INITIALISED; the embeddings record this "
                     "(weights_digest 'random-init')", cfg.embed.backbone)
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    cpus = max(int(ray.cluster_resources().get("CPU", 1)), 1)
+    res = plan("embed", cfg)
     here = fits_inline(count_inputs(source, spec) * cfg.embed.image_size ** 2 * 3, cfg.run.inline_data_mb)
-    with staged_output(out, overwrite) as stage:
+    params = {**flatten(cfg.embed), "source": source, "input": str(spec)}
+    with staged_output(out, overwrite) as stage, stage_run(cfg, "embed", params, f"embed-{source}") as run:
         started = time.time()
         if here:
             write_here(embed_here(source_rows(source, spec), cfg.embed), stage)
         else:
-            embed_on_ray(source, spec, cfg.embed, gpus or cpus, gpus > 0, stage)
-        seconds = time.time() - started
-        errors = pq.read_metadata(stage / "errors.parquet").num_rows
-        schema = pq.read_schema(next((stage / "embeddings").glob("*.parquet")))
-        embedded = sum(pq.read_metadata(f).num_rows for f in (stage / "embeddings").glob("*.parquet"))
-        from ..features.backbone import RANDOM_INIT, file_digest, resolve_weights
-
-        meta = {
-            "source": source,
-            "input": str(spec),
-            "backbone": cfg.embed.backbone,
-            "weights": cfg.embed.weights,
-            "weights_digest": file_digest(resolve_weights(cfg.embed.weights)) if cfg.embed.weights else RANDOM_INIT,
-            "random_init": cfg.embed.weights is None,
-            "dim": schema.field("embedding").type.list_size,
-            "embedded": embedded,
-            "failed": errors,
-            "seconds": round(seconds, 2),
-            "images_per_s": round(embedded / seconds, 2) if seconds > 0 else None,
-            "devices": "this process (a small set)" if here else f"{gpus} GPU actors" if gpus else f"{cpus} CPU actors",
-        }
+            embed_on_ray(source, spec, cfg.embed, res, stage)
+        meta = embed_record(cfg, source, spec, stage, time.time() - started,
+                            "this process (a small set)" if here else
+                            f"{res.workers} {'GPU' if res.use_gpu else 'CPU'} actors")
         (stage / "embed.json").write_text(json.dumps(meta, indent=2))
         save_config(cfg, stage)
-    return meta
+        log_results(stage, meta, FILES)
+    return StageResult("embed", Path(out).resolve(), meta, run.info.run_id, FILES)
+
+
+def embed_record(cfg: Config, source: str, spec: str | Path, stage: Path, seconds: float, devices: str) -> dict:
+    """``embed.json``: what was embedded, by which weights, how many, how fast."""
+    from ..features.backbone import RANDOM_INIT, file_digest, resolve_weights
+
+    files = list((stage / "embeddings").glob("*.parquet"))
+    embedded = sum(pq.read_metadata(f).num_rows for f in files)
+    return {
+        "source": source,
+        "input": str(spec),
+        "backbone": cfg.embed.backbone,
+        "weights": cfg.embed.weights,
+        "weights_digest": file_digest(resolve_weights(cfg.embed.weights)) if cfg.embed.weights else RANDOM_INIT,
+        "random_init": cfg.embed.weights is None,
+        "dim": pq.read_schema(files[0]).field("embedding").type.list_size,
+        "embedded": embedded,
+        "failed": pq.read_metadata(stage / "errors.parquet").num_rows,
+        "seconds": round(seconds, 2),
+        "images_per_s": round(embedded / seconds, 2) if seconds > 0 else None,
+        "devices": devices,
+    }
 
 
 def write_here(table: pa.Table, stage: Path) -> None:
@@ -185,32 +187,18 @@ def write_here(table: pa.Table, stage: Path) -> None:
     pq.write_table(table.filter(pc.invert(ok)).select(["id", "error"]), stage / "errors.parquet")
 
 
-def embed_on_ray(source: str, spec: str | Path, cfg: EmbedConfig, actors: int, gpus: bool, stage: Path) -> None:
-    """The set embedded by an actor pool of ``actors`` (one GPU or one CPU each); the workers write."""
+def embed_on_ray(source: str, spec: str | Path, cfg: EmbedConfig, res: Resources, stage: Path) -> None:
+    """The set embedded by an actor pool (``res.workers`` actors, one GPU or one CPU each); the workers write."""
     import ray
     from ray.data.expressions import col
 
     # Read and split into blocks first: an actor pool reserving every CPU would starve any
     # read or repartition task running in the same pipeline.
     ds = (region_items(spec) if source == "regions" else labelled_items(spec)).materialize()
-    ds = ds.repartition(max(1, min(4 * actors, -(-ds.count() // cfg.batch_size)))).materialize()
-    ds = ds.map_batches(embedder(cfg), batch_size=cfg.batch_size, num_gpus=1 if gpus else 0, num_cpus=1,
-                        compute=ray.data.ActorPoolStrategy(size=actors)).materialize()
+    ds = ds.repartition(max(1, min(res.blocks, -(-ds.count() // cfg.batch_size)))).materialize()
+    ds = ds.map_batches(embedder(cfg), batch_size=cfg.batch_size, num_gpus=1 if res.use_gpu else 0,
+                        num_cpus=res.cpus_per_worker, compute=ray.data.ActorPoolStrategy(size=res.workers)).materialize()
     ds.filter(expr=col("error").is_null()).drop_columns(["error"]).write_parquet(str(stage / "embeddings"))
     errors = ds.filter(expr=col("error").is_not_null()).select_columns(["id", "error"]).take_all()
     pq.write_table(pa.Table.from_pylist(errors, pa.schema([("id", pa.string()), ("error", pa.string())])),
                    stage / "errors.parquet")
-
-
-def read_embeddings(out: str | Path) -> tuple[list[str], list, np.ndarray, dict]:
-    """(ids, labels, embeddings (N, D) float32, meta) of an embed output, in a stable order (by id)."""
-    out = Path(out)
-    path = out / "embeddings"
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path} not found: is {out} the output of `activessf embed`?")
-    t = pq.read_table(path).sort_by("id")
-    emb = t.column("embedding").combine_chunks()
-    dim = emb.type.list_size
-    x = emb.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
-    meta = json.loads((out / "embed.json").read_text())
-    return t.column("id").to_pylist(), t.column("label").to_pylist(), x, meta

@@ -28,21 +28,15 @@ import pyarrow.parquet as pq
 
 from ..config import Config, FilterConfig, flatten, save_config
 from ..data.sources import list_inputs, read_bytes
-from ..regions.records import (
-    ERROR_SCHEMA,
-    IMAGE_SCHEMA,
-    REGION_SCHEMA,
-    REJECTED_SCHEMA,
-    ImageRecords,
-    display_name,
-    error_record,
-    process_image,
-)
-from .outputs import staged_output
+from ..imageio import decode_png, write_png
+from ..regions.records import TABLES, ImageRecords, display_name, error_record, process_image, read_table
+from ..resources import plan
+from ..stage import StageResult, log_results, stage_run, staged_output
+from ..viz import image_grid, region_stats_figure
 
 log = logging.getLogger(__name__)
 
-TABLES = {"regions": REGION_SCHEMA, "rejected": REJECTED_SCHEMA, "errors": ERROR_SCHEMA, "images": IMAGE_SCHEMA}
+FILES = ("config.yaml", "summary.json", "contact_sheet.png", "region_stats.png")
 UNIFIED = pa.schema(
     [("kind", pa.string())]
     + list({f.name: f for schema in TABLES.values() for f in schema}.values())
@@ -75,46 +69,43 @@ def unify(records: ImageRecords) -> pa.Table:
     return pa.Table.from_pylist(rows, UNIFIED)
 
 
-def run_filter(
-    input_spec: str,
-    out: str | Path,
-    cfg: Config,
-    overwrite: bool = False,
-    cpus_per_task: float = 1.0,
-    batch_size: int = 8,
-) -> dict:
-    """Filter every image named by ``input_spec`` into ``out``; returns the summary.
+def run_filter(cfg: Config, images: str, out: str | Path, *, overwrite: bool = False,
+               cpus_per_task: float = 1.0, batch_size: int = 8) -> StageResult:
+    """Filter every image named by ``images`` (directory, glob or URI) into ``out``.
 
     Ray must be initialised (see ``activessf.runtime.init_ray``).
     """
     import ray
-    from ray.data.expressions import col
 
-    files = list_inputs(input_spec)
+    files = list_inputs(images)
     items = [{"path": p if isinstance(p, bytes) else p.encode(), "source": display_name(p)} for p in files]
-    cpus = max(int(ray.cluster_resources().get("CPU", 1)), 1)
-    with staged_output(out, overwrite) as stage:
+    res = plan("filter", cfg, cpus_per_task=cpus_per_task)
+    params = {**flatten(cfg.filter), "input": images, "output": str(out)}
+    with staged_output(out, overwrite) as stage, stage_run(cfg, "filter", params) as run:
         started = time.time()
-        ds = ray.data.from_items(items, override_num_blocks=min(len(items), max(4 * cpus, 1)))
-        ds = ds.map_batches(
-            filter_batch,
-            fn_kwargs={"cfg": cfg.filter.model_dump()},
-            batch_size=batch_size,
-            num_cpus=cpus_per_task,
-            compute=ray.data.TaskPoolStrategy(size=max(int(cpus / cpus_per_task), 1)),
-        ).materialize()
-        seconds = time.time() - started
-        for kind, schema in TABLES.items():
-            part = ds.filter(expr=col("kind") == kind).select_columns(schema.names)
-            if kind == "regions":
-                write_dataset(part, stage / "regions", schema)
-            else:
-                pq.write_table(collect(part, schema), stage / f"{kind}.parquet")
-        summary = summarise(stage, len(files), seconds, cfg.filter)
+        ds = ray.data.from_items(items, override_num_blocks=min(len(items), res.blocks))
+        ds = ds.map_batches(filter_batch, fn_kwargs={"cfg": cfg.filter.model_dump()}, batch_size=batch_size,
+                            num_cpus=cpus_per_task, compute=ray.data.TaskPoolStrategy(size=res.workers))
+        write_tables(ds.materialize(), stage)
+        summary = summarise(stage, len(files), time.time() - started, cfg.filter)
         (stage / "summary.json").write_text(json.dumps(summary, indent=2))
         save_config(cfg, stage)
         write_figures(stage, cfg.filter)
-    return summary
+        log_results(stage, {**summary, **{f"failed.{k}": v for k, v in summary["failed_by_reason"].items()},
+                            **{f"rejected.{k}": v for k, v in summary["rejected_by_reason"].items()}}, FILES)
+    return StageResult("filter", Path(out).resolve(), summary, run.info.run_id, FILES)
+
+
+def write_tables(ds, stage: Path) -> None:
+    """The unified rows of a materialised dataset, split into the output's tables."""
+    from ray.data.expressions import col
+
+    for kind, schema in TABLES.items():
+        part = ds.filter(expr=col("kind") == kind).select_columns(schema.names)
+        if kind == "regions":
+            write_dataset(part, stage / "regions", schema)
+        else:
+            pq.write_table(collect(part, schema), stage / f"{kind}.parquet")
 
 
 def collect(ds, schema: pa.Schema) -> pa.Table:
@@ -130,14 +121,6 @@ def write_dataset(ds, path: Path, schema: pa.Schema) -> None:
     if not path.exists() or not any(path.glob("*.parquet")):
         path.mkdir(parents=True, exist_ok=True)
         pq.write_table(schema.empty_table(), path / "empty.parquet")
-
-
-def read_table(out: str | Path, name: str, columns: list[str] | None = None) -> pa.Table:
-    """One table of a filter output directory (``regions`` is a directory of files)."""
-    path = Path(out) / (name if name == "regions" else f"{name}.parquet")
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: is {out} the output of `activessf filter`?")
-    return pq.read_table(path, columns=columns, schema=TABLES[name] if name == "regions" else None)
 
 
 def summarise(out: Path, n_files: int, seconds: float, cfg: FilterConfig) -> dict:
@@ -173,27 +156,9 @@ def format_summary(s: dict) -> str:
 
 
 def write_figures(out: Path, cfg: FilterConfig, sample: int = 48) -> None:
-    from ..imageio import decode_png, write_png
-    from ..viz import image_grid, region_stats_figure
-
     kept = read_table(out, "regions", ["w", "h", "fill_rate"]).to_pydict()
     rejected = read_table(out, "rejected", ["w", "h", "fill_rate"]).to_pydict()
     region_stats_figure(kept, rejected, cfg.min_box, cfg.fill_rate, out / "region_stats.png")
     crops = read_table(out, "regions", ["crop"]).column("crop").to_pylist()
     step = max(len(crops) // sample, 1)
     write_png(out / "contact_sheet.png", image_grid([decode_png(c) for c in crops[::step][:sample]], columns=8))
-
-
-def log_to_mlflow(out: Path, cfg: Config, input_spec: str, summary: dict) -> str:
-    """One MLflow run (nested under an active run) with the config, summary and figures."""
-    import mlflow
-
-    with mlflow.start_run(run_name="filter", nested=mlflow.active_run() is not None) as run:
-        mlflow.log_params({**flatten(cfg.filter), "input": input_spec, "output": str(out)})
-        metrics = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None}
-        metrics.update({f"failed.{k}": v for k, v in summary["failed_by_reason"].items()})
-        metrics.update({f"rejected.{k}": v for k, v in summary["rejected_by_reason"].items()})
-        mlflow.log_metrics(metrics)
-        for name in ("config.yaml", "summary.json", "contact_sheet.png", "region_stats.png"):
-            mlflow.log_artifact(str(Path(out) / name))
-        return run.info.run_id

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
+from typing import Optional
 
+from ..config import Config
 from ..data.annotations import image_key, load_boxes
 from ..regions.evaluate import evaluate, group_regions
-from .filter import read_table
+from ..regions.records import read_table
+from ..stage import StageResult, log_results, stage_run
+
+METRICS = ("recall", "precision", "mean_matched_iou", "matched", "regions", "truth_boxes")
 
 
 def evaluate_output(regions_dir: str | Path, boxes: str | Path, label: str | None, iou: float) -> dict:
@@ -24,12 +30,14 @@ def evaluate_output(regions_dir: str | Path, boxes: str | Path, label: str | Non
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in report.items()}
 
 
-def log_eval(report: dict, path: Path) -> None:
-    import mlflow
-
-    with mlflow.start_run(run_name=f"filter-eval-{report['label']}", nested=mlflow.active_run() is not None):
-        mlflow.log_params({"label": report["label"], "iou_threshold": report["iou_threshold"]})
-        mlflow.log_metrics({k: v for k, v in report.items()
-                            if k in ("recall", "precision", "mean_matched_iou", "matched", "regions", "truth_boxes")
-                            and v is not None})
-        mlflow.log_artifact(str(path))
+def run_filter_eval(cfg: Config, regions: str | Path, boxes: str | Path, out: Optional[str | Path] = None, *,
+                    label: Optional[str] = None, iou: float = 0.3) -> StageResult:
+    """Score the filter output ``regions`` against ``boxes``; the report goes to ``out`` (a JSON file,
+    default ``REGIONS/eval_<label>.json``) and to an MLflow run."""
+    report = evaluate_output(regions, boxes, label, iou)
+    path = Path(out) if out else Path(regions) / f"eval_{report['label']}.json"
+    path.write_text(json.dumps(report, indent=2))
+    params = {"label": report["label"], "iou_threshold": report["iou_threshold"], "regions": str(regions)}
+    with stage_run(cfg, "filter-eval", params, run_name=f"filter-eval-{report['label']}") as run:
+        log_results(path.parent, {k: report[k] for k in METRICS}, [path.name])
+    return StageResult("filter-eval", path.parent.resolve(), report, run.info.run_id, (path.name,))

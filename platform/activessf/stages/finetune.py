@@ -25,31 +25,18 @@ import pyarrow.parquet as pq
 
 from ..config import Config, flatten, save_config
 from ..data.labelled import list_labelled
+from ..data.resize import load_resize, source_size
 from ..evaluation.folds import assign_folds, folds_digest, load_folds, save_folds
 from ..evaluation.metrics import class_groups, fold_metrics, summarise
-from ..subtypes import SUBTYPES
+from ..resources import plan
+from ..stage import StageResult, child_runs, log_results, stage_run, staged_output, train_storage
+from ..subtypes import class_order
+from ..tracking import store_uri
 from ..training.inline import fits_inline, split_inputs
-from .outputs import staged_output
 
 log = logging.getLogger(__name__)
 
-
-def class_order(labels: list[str]) -> list[str]:
-    """The paper's subtype order when the labels are subtypes, else sorted."""
-    present = set(labels)
-    return [s for s in SUBTYPES if s in present] if present <= set(SUBTYPES) else sorted(present)
-
-
-def load_resize(batch: dict, size: int) -> dict:
-    import cv2
-
-    from ..data.decode import decode_image
-    from ..data.sources import read_bytes
-
-    cv2.setNumThreads(1)
-    imgs = [cv2.resize(decode_image(read_bytes(str(p)), 10**9), (size, size), interpolation=cv2.INTER_AREA)
-            for p in batch["path"]]
-    return {"image": np.stack(imgs), "label": batch["label"], "idx": batch["idx"], "fold": batch["fold"]}
+FILES = ("metrics.json", "folds.json", "config.yaml", "model")
 
 
 def decoded_images(items: list[dict], size: int, inline_mb: float):
@@ -85,18 +72,12 @@ def fit_fold(cfg_json: dict, fold: int | str, train, val, meta: dict) -> dict:
     Returns the held-out predictions (and, for the final fit, the model's weights) from the run's
     last checkpoint, which lives in the run's storage (shared on clusters).
     """
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import RunConfig
     from ray.train.torch import TorchTrainer
-
-    import ray
 
     from ..training.checkpoint import load_state
     from ..training.finetune_loop import finetune_loop_per_worker
 
-    cfg = Config.model_validate(cfg_json)
-    ft = cfg.finetune
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    use_gpu = ft.use_gpu if ft.use_gpu is not None else gpus > 0
     final = fold == "final"
     datasets, inline = split_inputs({"train": train} if final else {"train": train, "val": val})
     trainer = TorchTrainer(
@@ -105,9 +86,8 @@ def fit_fold(cfg_json: dict, fold: int | str, train, val, meta: dict) -> dict:
                            "num_classes": meta["num_classes"], "class_counts": meta["class_counts"],
                            "tracking_uri": meta["tracking_uri"], "mlflow_run_id": meta["fold_runs"][fold],
                            "has_val": not final, "export_model": final, "inline": inline},
-        scaling_config=ScalingConfig(num_workers=ft.num_workers, use_gpu=use_gpu,
-                                     resources_per_worker=None if use_gpu else {"CPU": meta["cpus_per_worker"]}),
-        run_config=RunConfig(name=f"{meta['name']}-{'final' if final else f'fold{fold}'}", storage_path=meta["storage"]),
+        scaling_config=meta["resources"].scaling_config(),
+        run_config=RunConfig(name=f"{meta['name']}-{fold_name(fold)}", storage_path=meta["storage"]),
         datasets=datasets,
     )
     result = trainer.fit()
@@ -121,15 +101,41 @@ def fit_fold(cfg_json: dict, fold: int | str, train, val, meta: dict) -> dict:
     return out
 
 
-def run_finetune(labelled: str | Path, out: str | Path, cfg: Config, folds_file: Optional[str | Path] = None,
-                 name: Optional[str] = None, storage: Optional[str] = None, overwrite: bool = False) -> dict:
-    """k-fold fine-tuning of ``cfg.finetune`` on the labelled set; returns the metrics record."""
-    import mlflow
-    import ray
+def fold_name(fold: int | str) -> str:
+    return "final" if fold == "final" else f"fold{fold}"
 
-    from ..tracking import tracking_uri
 
-    ft, ev = cfg.finetune, cfg.evaluate
+def run_finetune(cfg: Config, labelled: str | Path, out: str | Path, *, folds_file: Optional[str | Path] = None,
+                 name: Optional[str] = None, storage: Optional[str] = None, overwrite: bool = False) -> StageResult:
+    """Stratified k-fold fine-tuning of ``cfg.finetune`` on the ``labelled`` cells (ImageFolder or CSV),
+    on the folds of ``folds_file`` when given; with ``finetune.final_fit`` also the model to deploy."""
+    ft = cfg.finetune
+    data = labelled_set(labelled, cfg, folds_file)
+    name = name or f"finetune-{cfg.finetune.digest()[:8]}"
+    params = {**{f"finetune.{a}": b for a, b in flatten(ft).items()}, "folds": data["k"],
+              "folds_digest": folds_digest(data["folds"]), "samples": len(data["ids"])}
+    with staged_output(out, overwrite) as stage, stage_run(cfg, "finetune", params, name) as parent:
+        jobs = list(range(data["k"])) + (["final"] if ft.final_fit else [])
+        runs = child_runs([f"{name}-{fold_name(f)}" for f in jobs])
+        meta = {"train_rows": {f: int(sum(1 for i in data["ids"] if data["folds"][i] != f)) for f in jobs},
+                "num_classes": len(data["classes"]), "class_counts": data["counts"].tolist(),
+                "tracking_uri": store_uri(cfg.run.work_dir), "name": name, "storage": train_storage(cfg, storage),
+                "fold_runs": {f: runs[f"{name}-{fold_name(f)}"] for f in jobs}, "resources": plan("finetune", cfg)}
+        results = fit_folds(cfg, data["images"], jobs, meta)
+        record = write_outputs(stage, cfg, data, results, labelled)
+        record.update({"name": name, "mlflow_run_id": parent.info.run_id})
+        (stage / "metrics.json").write_text(json.dumps(record, indent=2))
+        for f, m in enumerate(record["folds"]):
+            log_results(stage, {k: m[k] for k in ("accuracy", "pr_auc", "f1")}, run_id=meta["fold_runs"][f])
+        s = record["summary"]
+        log_results(stage, {f"{k}_{stat}": s[k][stat] for k in ("accuracy", "pr_auc", "f1") for stat in ("mean", "std")},
+                    FILES)
+    return StageResult("finetune", Path(out).resolve(), record, parent.info.run_id, FILES)
+
+
+def labelled_set(labelled: str | Path, cfg: Config, folds_file: Optional[str | Path]) -> dict:
+    """The labelled cells: ids, classes, labels as indices, folds (``folds_file``'s or new stratified
+    ones), class counts and the images decoded at the training size."""
     pairs = list_labelled(labelled)
     base = Path(labelled) if Path(labelled).is_dir() else Path(labelled).parent
     ids = [str(p.relative_to(base)) if p.is_relative_to(base) else str(p) for p, _ in pairs]
@@ -142,63 +148,42 @@ def run_finetune(labelled: str | Path, out: str | Path, cfg: Config, folds_file:
             raise ValueError(f"{folds_file} has no fold for {len(missing)} samples (e.g. {sorted(missing)[:3]}); "
                              "it was made for another labelled set")
     else:
-        folds = assign_folds(ids, labels, ev.folds, ev.seed)
-    k = max(folds.values()) + 1
+        folds = assign_folds(ids, labels, cfg.evaluate.folds, cfg.evaluate.seed)
     y = np.array([classes.index(lab) for lab in labels])
     items = [{"path": str(p), "label": int(y[i]), "idx": i, "fold": folds[ids[i]]} for i, (p, _) in enumerate(pairs)]
-    images = decoded_images(items, int(round(ft.image_size * 1.15)), cfg.run.inline_data_mb)
-    name = name or f"finetune-{cfg.finetune.digest()[:8]}"
-    storage = storage or str((Path(cfg.run.work_dir) / "ray_results").resolve())
-    counts = np.bincount(y, minlength=len(classes))
-    cpus = max(int(ray.cluster_resources().get("CPU", 1)), 1)
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    per_fold = ft.num_workers
-    parallel = ft.parallel_folds or max(1, (gpus if gpus else cpus) // per_fold)
-    cpus_per_worker = max(1, cpus // (parallel * per_fold)) if not gpus else 1
-    with staged_output(out, overwrite) as stage, mlflow.start_run(
-        run_name=name, nested=mlflow.active_run() is not None) as parent:
-        mlflow.log_params({**{f"finetune.{a}": b for a, b in flatten(ft).items()}, "folds": k,
-                           "folds_digest": folds_digest(folds), "samples": len(ids)})
-        jobs = list(range(k)) + (["final"] if ft.final_fit else [])
-        fold_runs = {}
-        for f in jobs:
-            with mlflow.start_run(run_name=f"{name}-{'final' if f == 'final' else f'fold{f}'}", nested=True) as r:
-                fold_runs[f] = r.info.run_id
-        meta = {"train_rows": {f: int(sum(1 for i in ids if folds[i] != f)) for f in jobs},
-                "num_classes": len(classes), "class_counts": counts.tolist(), "tracking_uri": tracking_uri(cfg.run.work_dir),
-                "fold_runs": fold_runs, "name": name, "storage": storage, "cpus_per_worker": cpus_per_worker}
-        task = ray.remote(num_cpus=0)(fit_fold)
-        cfg_json = cfg.model_dump(mode="json")
-        pending, results = [], []
-        for f in jobs:
-            train, val = fold_split(images, f)
-            pending.append(task.remote(cfg_json, f, train, val, meta))
-            if len(pending) >= parallel:
-                done, pending = ray.wait(pending, num_returns=1)
-                results += ray.get(done)
-        results += ray.get(pending)
-        final = [r for r in results if r["fold"] == "final"]
-        results = [r for r in results if r["fold"] != "final"]
-        record = assemble(results, y, ids, folds, classes, counts, ev)
-        save_folds(folds, stage / "folds.json", {"k": k, "seed": ev.seed, "labelled": str(labelled)})
-        write_predictions(stage / "predictions.parquet", results, ids, y, classes)
-        record.update({"name": name, "init": ft.init, "backbone": ft.backbone, "mlflow_run_id": parent.info.run_id,
-                       "folds_digest": folds_digest(folds)})
-        if final:
-            record["model"] = save_model(stage / "model", final[0]["model"], ft, classes, record)
-        (stage / "metrics.json").write_text(json.dumps(record, indent=2))
-        save_config(cfg, stage)
-        for f, res in enumerate(sorted(results, key=lambda r: r["fold"])):
-            m = record["folds"][f]
-            with mlflow.start_run(run_id=fold_runs[f], nested=True):
-                mlflow.log_metrics({"accuracy": m["accuracy"], "pr_auc": m["pr_auc"], "f1": m["f1"]})
-        s = record["summary"]
-        mlflow.log_metrics({f"{key}_mean": s[key]["mean"] for key in ("accuracy", "pr_auc", "f1")})
-        mlflow.log_metrics({f"{key}_std": s[key]["std"] for key in ("accuracy", "pr_auc", "f1")})
-        for f in ("metrics.json", "folds.json", "config.yaml"):
-            mlflow.log_artifact(str(stage / f))
-        if final:
-            mlflow.log_artifacts(str(stage / "model"), "model")
+    images = decoded_images(items, source_size(cfg.finetune.image_size), cfg.run.inline_data_mb)
+    return {"ids": ids, "y": y, "classes": classes, "folds": folds, "k": max(folds.values()) + 1,
+            "counts": np.bincount(y, minlength=len(classes)), "images": images}
+
+
+def fit_folds(cfg: Config, images, jobs: list, meta: dict) -> list[dict]:
+    """Every fold (and the final fit) as Ray Train runs, ``resources.concurrent`` at a time."""
+    import ray
+
+    task = ray.remote(num_cpus=0)(fit_fold)
+    cfg_json = cfg.model_dump(mode="json")
+    pending, results = [], []
+    for f in jobs:
+        train, val = fold_split(images, f)
+        pending.append(task.remote(cfg_json, f, train, val, meta))
+        if len(pending) >= meta["resources"].concurrent:
+            done, pending = ray.wait(pending, num_returns=1)
+            results += ray.get(done)
+    return results + ray.get(pending)
+
+
+def write_outputs(stage: Path, cfg: Config, data: dict, results: list[dict], labelled) -> dict:
+    """folds.json, predictions.parquet, the final model and config.yaml; returns the metrics record."""
+    ft = cfg.finetune
+    final = [r for r in results if r["fold"] == "final"]
+    results = [r for r in results if r["fold"] != "final"]
+    record = assemble(results, data["y"], data["ids"], data["folds"], data["classes"], data["counts"], cfg.evaluate)
+    save_folds(data["folds"], stage / "folds.json", {"k": data["k"], "seed": cfg.evaluate.seed, "labelled": str(labelled)})
+    write_predictions(stage / "predictions.parquet", results, data["ids"], data["y"], data["classes"])
+    record.update({"init": ft.init, "backbone": ft.backbone, "folds_digest": folds_digest(data["folds"])})
+    if final:
+        record["model"] = save_model(stage / "model", final[0]["model"], ft, data["classes"], record)
+    save_config(cfg, stage)
     return record
 
 

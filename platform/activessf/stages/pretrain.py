@@ -31,34 +31,22 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from ..config import Config, flatten, save_config
+from ..data.decode import decode_image
+from ..data.resize import decode_resize, source_size
+from ..data.sources import list_inputs, read_bytes
+from ..resources import Resources, plan
+from ..stage import StageResult, log_results, stage_run, staged_output, train_storage
+from ..tracking import store_uri
 from ..training.inline import first_rows, fits_inline, row_count, split_inputs
-from .outputs import staged_output
 
 log = logging.getLogger(__name__)
 
-
-def source_size(image_size: int) -> int:
-    """Stored crop size: a margin above the training size for random resized crops."""
-    return int(round(image_size * 1.15))
-
-
-def decode_resize(batch: dict, size: int, keep: tuple[str, ...] = ()) -> dict:
-    """Ray Data UDF: PNG crops -> uint8 (N, size, size, 3) ``image`` (plus the ``keep`` columns)."""
-    import cv2
-
-    from ..imageio import decode_png
-
-    cv2.setNumThreads(1)
-    out = [cv2.resize(decode_png(bytes(c)), (size, size), interpolation=cv2.INTER_AREA) for c in batch["crop"]]
-    return {**{k: batch[k] for k in keep}, "image": np.stack(out) if out else np.zeros((0, size, size, 3), np.uint8)}
+FILES = (("encoder.pt", "encoder"), ("encoder.json", "encoder"), "history.json", "config.yaml")
 
 
 def field_crops(batch: dict, size: int, crop: int, per_field: int, seed: int) -> dict:
     """``per_field`` random square crops of side ``crop`` from each whole field (the no-filter ablation)."""
     import cv2
-
-    from ..data.decode import decode_image
-    from ..data.sources import read_bytes
 
     cv2.setNumThreads(1)
     out = []
@@ -111,8 +99,6 @@ def field_images(cfg: Config, fields: Optional[str], size: int):
     """Random crops of whole fields (the no-filter ablation), in memory or as a Ray dataset as above."""
     if not fields:
         raise ValueError("pretrain.source=fields needs --fields (smear images: directory, glob or URI)")
-    from ..data.sources import list_inputs
-
     items = [{"path": p.decode() if isinstance(p, bytes) else p} for p in list_inputs(fields)]
     crops = {"size": size, "crop": 160, "per_field": 4, "seed": cfg.run.seed}
     if fits_inline(len(items) * crops["per_field"] * size * size * 3, cfg.run.inline_data_mb):
@@ -122,108 +108,96 @@ def field_images(cfg: Config, fields: Optional[str], size: int):
     return ray.data.from_items(items).map_batches(field_crops, fn_kwargs=crops).materialize()
 
 
-def scaling(cfg: Config):
-    """Ray Train workers: one per GPU when the cluster has GPUs, else 2 on CPU, or pretrain.num_workers."""
-    import ray
-    from ray.train import ScalingConfig
-
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    cpus = max(int(ray.cluster_resources().get("CPU", 1)), 1)
-    use_gpu = cfg.pretrain.use_gpu if cfg.pretrain.use_gpu is not None else gpus > 0
-    workers = cfg.pretrain.num_workers or (gpus if use_gpu else min(2, cpus))
-    # On CPU the workers share the machine: each gets its share of cores (and as many torch threads).
-    per_worker = 1 if use_gpu else max(1, cpus // workers)
-    return ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": per_worker})
-
-
 def startup_seconds(fit_started: float, timeline: dict) -> dict:
     """When ``fit()`` was called (epoch seconds) and the seconds from it to each start-up mark of the loop
     (the last worker attempt's: after a restart, the restart's)."""
     return {"fit_started": fit_started, **{f"fit_to_{k}": round(v - fit_started, 2) for k, v in timeline.items()}}
 
 
-def run_pretrain(
-    out: str | Path,
-    cfg: Config,
-    regions: Optional[str | Path] = None,
-    selection: Optional[str | Path] = None,
-    fields: Optional[str] = None,
-    name: Optional[str] = None,
-    storage: Optional[str] = None,
-    overwrite: bool = False,
-    max_failures: int = 1,
-    test_hooks: Optional[dict] = None,
-) -> dict:
-    """Pretrain with Ray Train; returns the encoder record. Rerunning the same ``name`` resumes."""
-    import mlflow
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig
-    from ray.train.torch import TorchTrainer
-
-    from ..training.checkpoint import load_state
-    from ..training.loop import train_loop_per_worker
-    from ..tracking import tracking_uri
-
-    from ..ssl import method_class
+def run_pretrain(cfg: Config, out: str | Path, *, regions: Optional[str | Path] = None,
+                 selection: Optional[str | Path] = None, fields: Optional[str] = None, name: Optional[str] = None,
+                 storage: Optional[str] = None, overwrite: bool = False, max_failures: int = 1,
+                 test_hooks: Optional[dict] = None) -> StageResult:
+    """Pretrain ``cfg.pretrain.method`` with Ray Train on the regions a ``selection`` kept (or every
+    filtered region in ``regions``, or random crops of the smear ``fields``: ``pretrain.source``).
+    Rerunning the same ``name`` resumes from its last checkpoint. ``test_hooks`` inject faults (tests)."""
+    from ..ssl import method_class  # torch and timm: not imported by the Ray Data tasks that use this module
 
     p = cfg.pretrain
-    sc = scaling(cfg)
-    method_class(p, max(p.batch_size // (sc.num_workers * p.accum_steps), 1))  # fails here, not in a worker
+    res = plan("pretrain", cfg)
+    method = method_class(p, max(p.batch_size // (res.workers * p.accum_steps), 1))  # fails here, not in a worker
     images = training_images(cfg, Path(regions) if regions else None, Path(selection) if selection else None, fields)
     rows = row_count(images)
     if rows < p.batch_size:
         log.warning("only %d training images for a batch of %d: lower pretrain.batch_size", rows, p.batch_size)
     name = name or f"pretrain-{p.method}-{p.source}-{cfg.pretrain.digest()[:8]}"
-    storage = storage or str((Path(cfg.run.work_dir) / "ray_results").resolve())
-    sample = first_rows(images, "image", 8) if rows else None
-    datasets, inline = split_inputs({"train": images})
-    with staged_output(out, overwrite) as stage, mlflow.start_run(
-        run_name=f"pretrain-{p.method}", nested=mlflow.active_run() is not None
-    ) as run:
-        mlflow.log_params({**flatten(p), "rows": rows, "run_name": name})
+    storage = train_storage(cfg, storage)
+    params = {**flatten(p), "rows": rows, "run_name": name}
+    with staged_output(out, overwrite) as stage, stage_run(cfg, "pretrain", params, f"pretrain-{p.method}") as run:
         loop_config = {
             "cfg": cfg.model_dump(mode="json"),
             "rows": rows,
-            "tracking_uri": tracking_uri(cfg.run.work_dir),
+            "tracking_uri": store_uri(cfg.run.work_dir),
             "mlflow_run_id": run.info.run_id,
             "visualise_every": max(p.epochs // 4, 1),
-            "sample_images": sample,
+            "sample_images": first_rows(images, "image", 8) if rows else None,
             "marker": str(Path(storage) / name / "failed_once"),
             "viz_dir": str(stage / "reconstructions"),
-            "inline": inline,
+            "method_class": method,
             **(test_hooks or {}),
         }
-        trainer = TorchTrainer(
-            train_loop_per_worker,
-            train_loop_config=loop_config,
-            scaling_config=sc,
-            run_config=RunConfig(name=name, storage_path=storage,
-                                 checkpoint_config=CheckpointConfig(num_to_keep=p.keep_checkpoints),
-                                 failure_config=FailureConfig(max_failures=max_failures)),
-            datasets=datasets,
-        )
         fit_started = time.time()
-        result = trainer.fit()
-        with result.checkpoint.as_directory() as d:
-            state = load_state(d)
-        import torch
+        state = fit(loop_config, images, res, name, storage, max_failures, p.keep_checkpoints)
+        record = write_encoder(stage, cfg, method, state, {"rows": rows, "run_name": name, "storage": storage,
+                                                   "startup": startup_seconds(fit_started, state.get("timeline", {})),
+                                                   "mlflow_run_id": run.info.run_id})
+        log_results(stage, {}, FILES)
+    return StageResult("pretrain", Path(out).resolve(), record, run.info.run_id, FILES)
 
-        from ..features.backbone import file_digest
-        from ..ssl import METHODS
 
-        torch.save(state["encoder"], stage / "encoder.pt")
-        record = {
-            "method": p.method, "model": p.model, "image_size": p.image_size, "patch_size": p.patch_size,
-            **METHODS[p.method].encoder_spec(p),
-            "source": p.source, "rows": rows, "epochs": state["epoch"], "run_name": name, "storage": storage,
-            "final_loss": state["history"][-1]["loss"] if state["history"] else None,
-            "skipped_steps": state["guard"]["skipped"], "rollbacks": state["guard"]["rollbacks"],
-            "lr_factor": state["guard"]["lr_factor"], "resumed": state["resumed"],
-            "startup": startup_seconds(fit_started, state.get("timeline", {})),
-            "weights_digest": file_digest(stage / "encoder.pt"), "mlflow_run_id": run.info.run_id,
-        }
-        (stage / "encoder.json").write_text(json.dumps(record, indent=2))
-        (stage / "history.json").write_text(json.dumps(state["history"], indent=2))
-        save_config(cfg, stage)
-        for f in ("encoder.pt", "encoder.json", "history.json", "config.yaml"):
-            mlflow.log_artifact(str(stage / f), "encoder" if f.startswith("encoder") else None)
+def fit(loop_config: dict, images, res: Resources, name: str, storage: str, max_failures: int,
+        keep_checkpoints: int) -> dict:
+    """One Ray Train run of the pretraining loop on ``images``; the state of its last checkpoint."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train.torch import TorchTrainer
+
+    from ..training.checkpoint import load_state
+    from ..training.loop import train_loop_per_worker
+
+    datasets, inline = split_inputs({"train": images})
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={**loop_config, "inline": inline},
+        scaling_config=res.scaling_config(),
+        run_config=RunConfig(name=name, storage_path=storage,
+                             checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints),
+                             failure_config=FailureConfig(max_failures=max_failures)),
+        datasets=datasets,
+    )
+    result = trainer.fit()
+    with result.checkpoint.as_directory() as d:
+        return load_state(d)
+
+
+def write_encoder(stage: Path, cfg: Config, method, state: dict, run: dict) -> dict:
+    """``encoder.pt`` (a timm state dict), ``encoder.json`` (how to rebuild it; how it was trained),
+    ``history.json`` and ``config.yaml``; returns the record in ``encoder.json``."""
+    import torch
+
+    from ..features.backbone import file_digest
+
+    p = cfg.pretrain
+    torch.save(state["encoder"], stage / "encoder.pt")
+    record = {
+        "method": p.method, "model": p.model, "image_size": p.image_size, "patch_size": p.patch_size,
+        **method.encoder_spec(p), "options": method.settings(p).model_dump(),
+        "source": p.source, "rows": run["rows"], "epochs": state["epoch"], "run_name": run["run_name"],
+        "storage": run["storage"], "final_loss": state["history"][-1]["loss"] if state["history"] else None,
+        "skipped_steps": state["guard"]["skipped"], "rollbacks": state["guard"]["rollbacks"],
+        "lr_factor": state["guard"]["lr_factor"], "resumed": state["resumed"], "startup": run["startup"],
+        "weights_digest": file_digest(stage / "encoder.pt"), "mlflow_run_id": run["mlflow_run_id"],
+    }
+    (stage / "encoder.json").write_text(json.dumps(record, indent=2))
+    (stage / "history.json").write_text(json.dumps(state["history"], indent=2))
+    save_config(cfg, stage)
     return record

@@ -24,10 +24,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..config import Config, flatten, save_config
-from .embed import read_embeddings
-from .outputs import staged_output
+from ..data.embeddings import embedding_matrix, read_embeddings
+from ..imageio import decode_png, write_png
+from ..selection.store import NAMESPACE, store_actor
+from ..stage import StageResult, log_results, stage_run, staged_output
+from ..viz import contact_sheet, distance_histograms
 
 log = logging.getLogger(__name__)
+
+FILES = ("report.json", "config.yaml", "distances.png", "prototypes.npz", "clusters")
 
 SELECTION_SCHEMA = pa.schema([("region_id", pa.string()), ("cluster", pa.int32()), ("distance", pa.float32()),
                               ("threshold", pa.float32()), ("selected", pa.bool_()),
@@ -38,10 +43,7 @@ def assign_batch(batch: pa.Table, store: str) -> pa.Table:
     """Ray Data UDF: ask the store actor to assign and select a batch of region embeddings."""
     import ray
 
-    from ..selection.store import NAMESPACE
-
-    emb = batch.column("embedding").combine_chunks()
-    x = emb.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(batch), emb.type.list_size)
+    x = embedding_matrix(batch.column("embedding"))
     actor = ray.get_actor(store, namespace=NAMESPACE)
     res = ray.get(actor.assign.remote(x))
     return pa.table({"region_id": batch.column("id"), "cluster": res["cluster"].astype(np.int32),
@@ -49,58 +51,72 @@ def assign_batch(batch: pa.Table, store: str) -> pa.Table:
                      "prototypes_version": np.full(len(batch), res["version"], np.int32)}, SELECTION_SCHEMA)
 
 
-def run_select(
-    region_embeddings: str | Path,
-    out: str | Path,
-    cfg: Config,
-    labelled_embeddings: Optional[str | Path] = None,
-    snapshot: Optional[str | Path] = None,
-    regions: Optional[str | Path] = None,
-    overwrite: bool = False,
-    store_name: Optional[str] = None,
-    batch_size: int = 1024,
-    on_store=None,
-) -> dict:
-    """Fit prototypes (or load a snapshot), select every region, write the table and the report."""
-    import ray
-
-    from ..selection.store import store_actor
-
+def run_select(cfg: Config, region_embeddings: str | Path, out: str | Path, *,
+               labelled_embeddings: Optional[str | Path] = None, snapshot: Optional[str | Path] = None,
+               regions: Optional[str | Path] = None, overwrite: bool = False, store_name: Optional[str] = None,
+               batch_size: int = 1024, on_store=None) -> StageResult:
+    """Fit prototypes on ``labelled_embeddings`` (or load a ``snapshot``), select every region of
+    ``region_embeddings``, write the table, the report and (with the filter output ``regions``) the
+    per-cluster contact sheets. ``on_store`` (tests) is called with the store actor mid-selection."""
     if (labelled_embeddings is None) == (snapshot is None):
         raise ValueError("give either labelled embeddings (to fit prototypes) or an existing prototype snapshot")
+    path = Path(region_embeddings) / "embeddings"
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} not found: is {region_embeddings} the output of `activessf embed`?")
     store_name = store_name or f"prototypes-{uuid.uuid4().hex[:8]}"
-    with staged_output(out, overwrite) as stage:
-        snap = stage / "prototypes.npz"
-        if snapshot is not None:
-            shutil.copyfile(snapshot, snap)
-        actor = store_actor(store_name, snap)
-        try:
-            if snapshot is None:
-                _, labels, x, meta = read_embeddings(labelled_embeddings)
-                info = ray.get(actor.fit.remote(x, np.array(labels, dtype=object), cfg.prototypes.model_dump(),
-                                                cfg.select.model_dump(), meta["backbone"], meta["weights_digest"]))
-            else:
-                info = ray.get(actor.set_bounds.remote(cfg.select.model_dump()))
-            if on_store is not None:  # test hook: runs while selection is under way
-                on_store(actor)
-            path = Path(region_embeddings) / "embeddings"
-            if not path.is_dir():
-                raise FileNotFoundError(f"{path} not found: is {region_embeddings} the output of `activessf embed`?")
-            ds = ray.data.read_parquet(str(path)).select_columns(["id", "embedding"])
-            ds = ds.map_batches(assign_batch, fn_kwargs={"store": store_name}, batch_size=batch_size,
-                                batch_format="pyarrow", num_cpus=0.5)
-            table = pa.concat_tables([t for t in ray.get(ds.to_arrow_refs()) if t.num_rows] or
-                                     [SELECTION_SCHEMA.empty_table()]).cast(SELECTION_SCHEMA).sort_by("region_id")
-            (stage / "selection").mkdir()
-            pq.write_table(table, stage / "selection" / "part-0.parquet")
-            proto = ray.get(actor.prototypes.remote())
-        finally:
-            ray.kill(actor, no_restart=True)
+    with staged_output(out, overwrite) as stage, stage_run(cfg, "select", params(cfg)) as run:
+        proto, table = select_on_ray(cfg, path, stage, labelled_embeddings, snapshot, store_name, batch_size,
+                                     on_store)
+        (stage / "selection").mkdir()
+        pq.write_table(table, stage / "selection" / "part-0.parquet")
         report = selection_report(proto, table, cfg, random_init=proto.weights_digest == "random-init")
         (stage / "report.json").write_text(json.dumps(report, indent=2))
         save_config(cfg, stage)
         write_figures(stage, proto, table, regions)
-    return report
+        log_results(stage, metrics(report), FILES, params={k: report["prototypes"][k] for k in
+                                                          ("backbone", "weights_digest")})
+    return StageResult("select", Path(out).resolve(), report, run.info.run_id, FILES)
+
+
+def select_on_ray(cfg: Config, embeddings: Path, stage: Path, labelled_embeddings, snapshot, store_name: str,
+                  batch_size: int, on_store) -> tuple:
+    """(prototypes, selection table): a store actor fitted (or loaded) and every region assigned through
+    it by Ray Data tasks; the actor is gone afterwards."""
+    import ray
+
+    snap = stage / "prototypes.npz"
+    if snapshot is not None:
+        shutil.copyfile(snapshot, snap)
+    actor = store_actor(store_name, snap)
+    try:
+        if snapshot is None:
+            _, labels, x, meta = read_embeddings(labelled_embeddings)
+            ray.get(actor.fit.remote(x, np.array(labels, dtype=object), cfg.prototypes.model_dump(),
+                                     cfg.select.model_dump(), meta["backbone"], meta["weights_digest"]))
+        else:
+            ray.get(actor.set_bounds.remote(cfg.select.model_dump()))
+        if on_store is not None:
+            on_store(actor)
+        ds = ray.data.read_parquet(str(embeddings)).select_columns(["id", "embedding"])
+        ds = ds.map_batches(assign_batch, fn_kwargs={"store": store_name}, batch_size=batch_size,
+                            batch_format="pyarrow", num_cpus=0.5)
+        table = pa.concat_tables([t for t in ray.get(ds.to_arrow_refs()) if t.num_rows] or
+                                 [SELECTION_SCHEMA.empty_table()]).cast(SELECTION_SCHEMA).sort_by("region_id")
+        return ray.get(actor.prototypes.remote()), table
+    finally:
+        ray.kill(actor, no_restart=True)
+
+
+def params(cfg: Config) -> dict:
+    return {**{f"prototypes.{k}": v for k, v in flatten(cfg.prototypes).items()},
+            **{f"select.{k}": v for k, v in flatten(cfg.select).items()}}
+
+
+def metrics(report: dict) -> dict:
+    out = {k: report["totals"][k] for k in ("regions", "selected", "share_selected")}
+    for r in report["clusters"]:
+        out.update({f"cluster{r['cluster']:02d}.{k}": r[k] for k in ("n", "threshold", "candidates", "selected")})
+    return out
 
 
 def selection_report(proto, table: pa.Table, cfg: Config, random_init: bool) -> dict:
@@ -137,15 +153,10 @@ def format_report(report: dict) -> str:
 
 
 def write_figures(out: Path, proto, table: pa.Table, regions: Optional[str | Path]) -> None:
-    from ..viz import distance_histograms
-
     distance_histograms(table.column("cluster").to_numpy(), table.column("distance").to_numpy(),
                         proto.thresholds, out / "distances.png")
     if regions is None:
         return
-    from ..imageio import decode_png, write_png
-    from ..viz import contact_sheet
-
     crops = {}
     picks = cluster_picks(table)
     wanted = {rid for rows in picks.values() for group in rows.values() for rid in group}
@@ -173,23 +184,3 @@ def cluster_picks(table: pa.Table, per_row: int = 8) -> dict[int, dict[str, list
         out[int(c)] = {"closest": list(ids[kept[:per_row]]), "threshold edge": list(ids[kept[::-1][:per_row]]),
                        "rejected": list(ids[lost[:per_row]])}
     return out
-
-
-def log_to_mlflow(out: Path, cfg: Config, report: dict) -> str:
-    import mlflow
-
-    with mlflow.start_run(run_name="select", nested=mlflow.active_run() is not None) as run:
-        mlflow.log_params({**{f"prototypes.{k}": v for k, v in flatten(cfg.prototypes).items()},
-                           **{f"select.{k}": v for k, v in flatten(cfg.select).items()},
-                           "backbone": report["prototypes"]["backbone"],
-                           "weights_digest": report["prototypes"]["weights_digest"]})
-        mlflow.log_metrics({"regions": report["totals"]["regions"], "selected": report["totals"]["selected"],
-                            "share_selected": report["totals"]["share_selected"]})
-        for r in report["clusters"]:
-            mlflow.log_metrics({f"cluster{r['cluster']:02d}.{k}": r[k]
-                                for k in ("n", "threshold", "candidates", "selected")})
-        for name in ("report.json", "config.yaml", "distances.png", "prototypes.npz"):
-            mlflow.log_artifact(str(Path(out) / name))
-        if (Path(out) / "clusters").is_dir():
-            mlflow.log_artifacts(str(Path(out) / "clusters"), "clusters")
-        return run.info.run_id

@@ -32,12 +32,27 @@ from typing import Optional
 import numpy as np
 import pyarrow.parquet as pq
 
-from ..config import Config, flatten, save_config, to_yaml
+from ..config import Config, flatten, merge, save_config, to_yaml
+from ..data.annotations import image_key, load_boxes
+from ..data.decode import BadImage, decode_image
+from ..data.embeddings import read_embeddings
+from ..data.labelled import list_labelled
+from ..data.resize import decode_resize, load_resize, source_size
+from ..data.sources import list_inputs, read_bytes
+from ..evaluation.folds import assign_folds
+from ..regions.evaluate import evaluate
+from ..regions.filter import filter_image
+from ..resources import plan
+from ..selection.prototypes import fit_prototypes, select
+from ..stage import StageResult, log_results, stage_run, staged_output, train_storage
+from ..subtypes import class_order
 from ..sweep.space import SearchSpace, load_space
+from ..tracking import store_uri
 from ..training.inline import fits_inline, split_inputs
-from .outputs import staged_output
 
 log = logging.getLogger(__name__)
+
+FILES = ("trials.csv", "best.json", "best.yaml", "sweep.png", "space.yaml")
 
 OBJECTIVE = {"selection": "probe_pr_auc", "filter": "f1"}
 REPORTED = ("selected", "loss", "probe_accuracy", "probe_f1", "regions", "matched", "recall", "precision")
@@ -48,13 +63,11 @@ REPORTED = ("selected", "loss", "probe_accuracy", "probe_f1", "regions", "matche
 
 def selection_trial(config: dict, space: SearchSpace, base: dict, data: dict, regions_ds) -> None:
     """One selection trial: select with its settings, pretrain briefly, report the probe every epoch."""
-    import ray
     import ray.tune
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import RunConfig
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from ..selection.prototypes import fit_prototypes, select
     from ..training.loop import train_loop_per_worker
 
     cfg = space.apply(base, {k: config[k] for k in space.params})
@@ -71,13 +84,11 @@ def selection_trial(config: dict, space: SearchSpace, base: dict, data: dict, re
         train = regions_ds.filter(lambda row: row["region_id"] in keep).select_columns(["image"]).materialize()
     datasets, inline = split_inputs({"train": train})
     trial = ray.tune.get_context()
-    use_gpu = data["gpus"] > 0
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "rows": len(keep), "probe": data["probe"],
                            "report_constants": {"selected": len(keep)}, "visualise_every": 0, "inline": inline},
-        scaling_config=ScalingConfig(num_workers=cfg.sweep.num_workers, use_gpu=use_gpu,
-                                     resources_per_worker=None if use_gpu else {"CPU": 1}),
+        scaling_config=data["resources"].scaling_config(),
         run_config=RunConfig(name=f"{trial.get_experiment_name()}-{trial.get_trial_id()}",
                              storage_path=data["storage"], callbacks=[TuneReportCallback()]),
         datasets=datasets,
@@ -88,12 +99,6 @@ def selection_trial(config: dict, space: SearchSpace, base: dict, data: dict, re
 def filter_trial(config: dict, space: SearchSpace, base: dict, data: dict) -> None:
     """One filter trial: the filter with its settings on every image, F1 against the boxes."""
     import ray.tune
-
-    from ..data.annotations import image_key
-    from ..data.decode import BadImage, decode_image
-    from ..data.sources import read_bytes
-    from ..regions.evaluate import evaluate
-    from ..regions.filter import filter_image
 
     cfg = space.apply(base, {k: config[k] for k in space.params})
     found: dict[str, list] = {}
@@ -127,12 +132,6 @@ def selection_inputs(cfg: Config, regions: Path, embeddings: Path, labelled_embe
     """What every selection trial shares: embeddings, the probe's images and fold, the decoded regions."""
     import ray
 
-    from ..data.labelled import list_labelled
-    from ..evaluation.folds import assign_folds
-    from .embed import read_embeddings
-    from .finetune import class_order, load_resize
-    from .pretrain import decode_resize, source_size
-
     region_ids, _, regions_x, _ = read_embeddings(embeddings)
     _, lab_labels, lab_x, _ = read_embeddings(labelled_embeddings)
     pairs = list_labelled(labelled)
@@ -142,7 +141,7 @@ def selection_inputs(cfg: Config, regions: Path, embeddings: Path, labelled_embe
     folds = assign_folds(ids, names, cfg.evaluate.folds, cfg.evaluate.seed)
     if cfg.sweep.probe_fold >= cfg.evaluate.folds:
         raise ValueError(f"sweep.probe_fold ({cfg.sweep.probe_fold}) must be < evaluate.folds ({cfg.evaluate.folds})")
-    images = load_resize({"path": ids, "label": names, "idx": ids, "fold": ids}, cfg.pretrain.image_size)["image"]
+    images = load_resize({"path": ids}, cfg.pretrain.image_size, keep=())["image"]
     probe = {"images": images, "labels": np.array([classes.index(n) for n in names]),
              "test": np.array([folds[i] == cfg.sweep.probe_fold for i in ids]),
              "num_classes": len(classes), "kind": cfg.sweep.probe}
@@ -155,14 +154,11 @@ def selection_inputs(cfg: Config, regions: Path, embeddings: Path, labelled_embe
         ds = ds.map_batches(decode_resize, fn_kwargs={"size": size, "keep": ["region_id"]}).materialize()
     data = {"region_ids": region_ids, "regions_x": regions_x, "labelled_x": lab_x,
             "labelled_y": np.asarray(lab_labels, dtype=object), "probe": probe, "storage": storage,
-            "gpus": int(ray.cluster_resources().get("GPU", 0))}
+            "resources": plan("sweep-selection", cfg)}
     return data, ds
 
 
 def filter_inputs(cfg: Config, images: str, boxes: str | Path, label: Optional[str]) -> dict:
-    from ..data.annotations import load_boxes
-    from ..data.sources import list_inputs
-
     files = list_inputs(images)
     if cfg.sweep.filter_images:
         files = files[: cfg.sweep.filter_images]
@@ -188,102 +184,91 @@ def param_space(space: SearchSpace) -> dict:
     return {k: make[d.name](d.args) for k, d in space.params.items()}
 
 
-def concurrency(cfg: Config, kind: str) -> int:
-    """Trials at once: what the cluster holds.
-
-    A selection trial's Ray Train run reserves ``sweep.num_workers`` GPUs (or CPUs on a CPU-only
-    cluster). On CPU one core stays free for the Ray Data tasks that feed the trials: with every
-    core held by a trainer's placement group, the next trial's dataset could never be computed and
-    its trainer would wait for a placement group forever.
-    """
-    import ray
-
-    if cfg.sweep.max_concurrent_trials:
-        return cfg.sweep.max_concurrent_trials
-    res = ray.cluster_resources()
-    if kind == "filter":
-        return max(1, int(res.get("CPU", 1)))
-    if res.get("GPU", 0) >= cfg.sweep.num_workers:
-        return int(res["GPU"]) // cfg.sweep.num_workers
-    return max(1, (int(res.get("CPU", 1)) - 1) // cfg.sweep.num_workers)
-
-
-def run_sweep(space_file: str | Path, out: str | Path, cfg: Config, *, regions=None, embeddings=None,
+def run_sweep(cfg: Config, space_file: str | Path, out: str | Path, *, regions=None, embeddings=None,
               labelled_embeddings=None, labelled=None, images=None, boxes=None, label=None,
-              name: Optional[str] = None, storage: Optional[str] = None, overwrite: bool = False) -> dict:
-    """Run a sweep and write its outputs; returns the record of the best trial (``best.json``)."""
-    import mlflow
-    from ray import tune
-    from ray.air.integrations.mlflow import MLflowLoggerCallback
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search import BasicVariantGenerator
-
-    from ..tracking import tracking_uri
-
+              name: Optional[str] = None, storage: Optional[str] = None, overwrite: bool = False) -> StageResult:
+    """Run the sweep of ``space_file`` (``kind: selection`` needs ``regions``, ``embeddings``,
+    ``labelled_embeddings`` and ``labelled``; ``kind: filter`` needs ``images`` and ``boxes``) and write
+    its outputs; the result's summary is the best trial's record (``best.json``)."""
     base = cfg.model_dump(mode="json")
     space = load_space(space_file, base)
     metric = OBJECTIVE[space.kind]
-    storage = storage or str((Path(cfg.run.work_dir) / "ray_results").resolve())
+    storage = train_storage(cfg, storage)
     name = name or f"sweep-{space.kind}-{cfg.digest()[:8]}"
     if space.kind == "selection":
-        missing = [n for n, v in (("--regions", regions), ("--embeddings", embeddings),
-                                  ("--labelled-embeddings", labelled_embeddings), ("--labelled", labelled)) if not v]
-        if missing:
-            raise ValueError(f"a selection sweep needs {', '.join(missing)}")
-        base = _trial_pretrain(base, cfg)
-        data, ds = selection_inputs(cfg, Path(regions), Path(embeddings), Path(labelled_embeddings),
-                                    Path(labelled), str(Path(storage) / name / "train"))
-        trainable = tune.with_parameters(selection_trial, space=space, base=base, data=data, regions_ds=ds)
-        # the trial only drives its Ray Train run (which reserves its own CPUs or GPUs); Tune needs a non-empty bundle
-        trainable = tune.with_resources(trainable, {"cpu": 0.01})
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=cfg.sweep.pretrain_epochs,
-                                  grace_period=min(cfg.sweep.grace_period, cfg.sweep.pretrain_epochs),
-                                  reduction_factor=cfg.sweep.reduction_factor)
+        trainable, scheduler, trials = selection_trainable(cfg, space, base, str(Path(storage) / name / "train"),
+                                                           regions, embeddings, labelled_embeddings, labelled)
     else:
-        if not (images and boxes):
-            raise ValueError("a filter sweep needs --input (images) and --boxes (annotations)")
-        data = filter_inputs(cfg, images, boxes, label)
-        trainable = tune.with_resources(tune.with_parameters(filter_trial, space=space, base=base, data=data),
-                                        {"cpu": 1})
-        scheduler = None
-    with staged_output(out, overwrite) as stage, mlflow.start_run(
-        run_name=name, nested=mlflow.active_run() is not None
-    ) as parent:
+        trainable, scheduler, trials = filter_trainable(cfg, space, base, images, boxes, label)
+    params = {"space": str(space_file), "kind": space.kind, "objective": metric,
+              **{f"sweep.{k}": v for k, v in flatten(cfg.sweep).items()}}
+    with staged_output(out, overwrite) as stage, stage_run(cfg, "sweep", params, name) as parent:
         shutil.copy(space_file, stage / "space.yaml")
         save_config(cfg, stage)
-        mlflow.log_params({"space": str(space_file), "kind": space.kind, "objective": metric,
-                           **{f"sweep.{k}": v for k, v in flatten(cfg.sweep).items()}})
-        tuner = tune.Tuner(
-            trainable,
-            param_space=param_space(space),
-            tune_config=tune.TuneConfig(metric=metric, mode="max", num_samples=cfg.sweep.num_samples,
-                                        scheduler=scheduler, max_concurrent_trials=concurrency(cfg, space.kind),
-                                        search_alg=BasicVariantGenerator(random_state=cfg.sweep.seed)),
-            run_config=tune.RunConfig(
-                name=name, storage_path=storage, verbose=1,
-                callbacks=[MLflowLoggerCallback(tracking_uri(cfg.run.work_dir),
-                                                experiment_name=mlflow.get_experiment(
-                                                    parent.info.experiment_id).name,
-                                                tags={"mlflow.parentRunId": parent.info.run_id,
-                                                      "activessf.sweep": name})]),
-        )
-        results = tuner.fit()
-        rows = trial_rows(results, space, metric)
+        tuner = tuner_for(trainable, space, cfg, metric, scheduler, trials, name, storage, parent)
+        rows = trial_rows(tuner.fit(), space, metric)
         best = best_record(rows, space, base, metric, stage)
         write_outputs(stage, rows, space, metric, best)
-        if best:
-            mlflow.log_metrics({f"best_{metric}": best["score"], "trials": len(rows),
-                                "trials_failed": sum(r["status"] == "ERROR" for r in rows)})
-        for f in ("trials.csv", "best.json", "best.yaml", "sweep.png", "space.yaml"):
-            if (stage / f).exists():
-                mlflow.log_artifact(str(stage / f))
-    return best
+        log_results(stage, {f"best_{metric}": best["score"], "trials": len(rows),
+                            "trials_failed": sum(r["status"] == "ERROR" for r in rows)}, FILES)
+    return StageResult("sweep", Path(out).resolve(), best, parent.info.run_id, FILES)
+
+
+def selection_trainable(cfg: Config, space: SearchSpace, base: dict, storage: str, regions, embeddings,
+                        labelled_embeddings, labelled) -> tuple:
+    """(trainable, ASHA scheduler, trials at once) of a selection sweep."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    missing = [n for n, v in (("--regions", regions), ("--embeddings", embeddings),
+                              ("--labelled-embeddings", labelled_embeddings), ("--labelled", labelled)) if not v]
+    if missing:
+        raise ValueError(f"a selection sweep needs {', '.join(missing)}")
+    data, ds = selection_inputs(cfg, Path(regions), Path(embeddings), Path(labelled_embeddings), Path(labelled),
+                                storage)
+    trainable = tune.with_parameters(selection_trial, space=space, base=_trial_pretrain(base, cfg), data=data,
+                                     regions_ds=ds)
+    # the trial only drives its Ray Train run (which reserves its own CPUs or GPUs); Tune needs a non-empty bundle
+    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=cfg.sweep.pretrain_epochs,
+                              grace_period=min(cfg.sweep.grace_period, cfg.sweep.pretrain_epochs),
+                              reduction_factor=cfg.sweep.reduction_factor)
+    return tune.with_resources(trainable, {"cpu": 0.01}), scheduler, data["resources"].concurrent
+
+
+def filter_trainable(cfg: Config, space: SearchSpace, base: dict, images, boxes, label) -> tuple:
+    """(trainable, no scheduler, trials at once) of a filter sweep: one CPU per trial."""
+    from ray import tune
+
+    if not (images and boxes):
+        raise ValueError("a filter sweep needs --input (images) and --boxes (annotations)")
+    data = filter_inputs(cfg, images, boxes, label)
+    trainable = tune.with_parameters(filter_trial, space=space, base=base, data=data)
+    return tune.with_resources(trainable, {"cpu": 1}), None, plan("sweep-filter", cfg).concurrent
+
+
+def tuner_for(trainable, space: SearchSpace, cfg: Config, metric: str, scheduler, trials: int, name: str,
+              storage: str, parent):
+    """The Tuner: trials sampled from ``space`` (seeded), every trial an MLflow run nested under ``parent``."""
+    import mlflow
+    from ray import tune
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+    from ray.tune.search import BasicVariantGenerator
+
+    experiment = mlflow.get_experiment(parent.info.experiment_id).name
+    tracking = MLflowLoggerCallback(store_uri(cfg.run.work_dir), experiment_name=experiment,
+                                    tags={"mlflow.parentRunId": parent.info.run_id, "activessf.sweep": name})
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(space),
+        tune_config=tune.TuneConfig(metric=metric, mode="max", num_samples=cfg.sweep.num_samples,
+                                    scheduler=scheduler, max_concurrent_trials=trials,
+                                    search_alg=BasicVariantGenerator(random_state=cfg.sweep.seed)),
+        run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1, callbacks=[tracking]),
+    )
 
 
 def _trial_pretrain(base: dict, cfg: Config) -> dict:
     """A selection trial pretrains for ``sweep.pretrain_epochs`` on the selected regions."""
-    from ..config import merge
-
     epochs = cfg.sweep.pretrain_epochs
     return merge(base, {"pretrain": {"epochs": epochs, "source": "selected",
                                      "warmup_epochs": min(cfg.pretrain.warmup_epochs, max(epochs - 1, 0)),

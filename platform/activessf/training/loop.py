@@ -82,7 +82,7 @@ def train_loop_per_worker(config: dict) -> None:
     lc = PretrainLoopConfig.from_dict(config)
     p = lc.cfg.pretrain
     w = worker_setup(lc.cfg.run.seed, p.precision)
-    method = build_method(p)
+    method = build_method(p, lc.method_class)
     groups = param_groups(method, p.weight_decay, skip=method.no_weight_decay())
     opt = torch.optim.AdamW(groups, lr=0.0, betas=(0.9, 0.95))
     guard = NonFiniteGuard(lc.max_bad_steps, lc.max_rollbacks)

@@ -58,6 +58,8 @@ class PretrainLoopConfig(LoopConfig):
     probe: dict | None = Field(None, description="held-out labelled cells for the sweep's probe "
                                   "(``training.loop.probe_metrics``); None = no probe")
     report_constants: dict[str, Any] = Field(default_factory=dict, description="reported with every epoch")
+    method_class: Any | None = Field(None, description="the SSL method's class, passed by the driver so that a "
+                                     "method registered outside the library trains too; None = the registry's")
     inject_nan_steps: tuple[int, ...] = Field((), description="test hook: NaN losses at these global steps")
     fail_at_epoch: int | None = Field(None, ge=0, description="test hook: the last worker dies at this "
                                          "epoch, once per run")

@@ -26,44 +26,40 @@ import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..config import Config
-from ..ssl.vit import SIZES
-from .outputs import staged_output
+from .config import Config, apply_overrides, build_config
+from .evaluation.report import load_run, write_report
+from .ssl import METHODS
+from .ssl.vit import vit_overrides
+from .stage import StageResult, log_results, stage_run, staged_output
+from .stages.finetune import run_finetune
+from .stages.pretrain import run_pretrain
 
 log = logging.getLogger(__name__)
+
+FILES = ("report.html", "report.md", "figure3.png", "ablation.json")
 
 SOURCES = (("fields", "", {"CRF": False, "ASS": False}),
            ("filtered", " + CRF", {"CRF": True, "ASS": False}),
            ("selected", " + CRF + ASS", {"CRF": True, "ASS": True}))
-LABELS = {"mae": "MAE", "mocov3": "MoCo v3", "convmae": "ConvMAE", "mixmim": "MixMIM"}
 BASELINES = {"resnet": "ResNet", "vit": "ViT"}
 TABLE3_METHOD = "mae"  # Table III ablates MAE; other methods skip its filtered-only row
 
 
-def vit_overrides(cfg: Config) -> list[str]:
-    """Fine-tune the ViT architecture that pretraining builds, at its input size."""
-    p = cfg.pretrain
-    s = SIZES[p.model]
-    kwargs = f"{{img_size: {p.image_size}, patch_size: {p.patch_size}, embed_dim: {s.dim}, depth: {s.depth}, " \
-             f"num_heads: {s.heads}}}"
-    return [f"finetune.backbone={s.timm_name}", f"finetune.backbone_kwargs={kwargs}",
-            f"finetune.image_size={p.image_size}"]
-
-
 def rows_for(methods: Sequence[str], baselines: Sequence[str] = ("vit",)) -> list[dict]:
     """The rows to run, in report order; ``table2`` is a row's Table II label (None: Table III only)."""
-    unknown = [b for b in baselines if b not in BASELINES] + [m for m in methods if m not in LABELS]
+    unknown = [b for b in baselines if b not in BASELINES] + [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown ablation rows {unknown}: baselines are {sorted(BASELINES)}, "
-                         f"methods {sorted(LABELS)}")
+                         f"methods {sorted(METHODS)}")
     rows = [{"name": BASELINES[b], "method": None, "source": None, "baseline": b, "table2": BASELINES[b],
              "components": {"ViT": b == "vit"}} for b in BASELINES if b in baselines]
     for m in methods:
         for source, suffix, comps in SOURCES:
             if source == "filtered" and m != TABLE3_METHOD:
                 continue
-            table2 = {"fields": f"{LABELS[m]} w/o ActiveSSF", "selected": f"{LABELS[m]} w/ ActiveSSF"}.get(source)
-            rows.append({"name": f"{LABELS[m]}{suffix}", "method": m, "source": source, "baseline": None,
+            label = METHODS[m].label
+            table2 = {"fields": f"{label} w/o ActiveSSF", "selected": f"{label} w/ ActiveSSF"}.get(source)
+            rows.append({"name": f"{label}{suffix}", "method": m, "source": source, "baseline": None,
                          "table2": table2, "components": {"ViT": True, "MAE": m == TABLE3_METHOD, **comps}})
     return rows
 
@@ -75,11 +71,11 @@ def pairs_for(rows: list[dict]) -> dict[str, str]:
     pairs = {}
     for r in rows:
         if r["method"] and r["source"] != "fields":
-            without = LABELS[r["method"]]
+            without = METHODS[r["method"]].label
             if without in names or "ViT" in names:
                 pairs[r["name"]] = without if without in names else "ViT"
-    if "ViT" in names and LABELS[TABLE3_METHOD] in names:
-        pairs[LABELS[TABLE3_METHOD]] = "ViT"
+    if "ViT" in names and METHODS[TABLE3_METHOD].label in names:
+        pairs[METHODS[TABLE3_METHOD].label] = "ViT"
     return pairs
 
 
@@ -106,74 +102,74 @@ def finetune_overrides(cfg: Config, row: dict) -> list[str]:
     return vit_overrides(cfg)
 
 
-def run_ablation(out: str | Path, cfg: Config, labelled: str | Path, regions: Optional[str | Path],
-                 selection: Optional[str | Path], fields: Optional[str], methods: Sequence[str] = ("mae",),
-                 overwrite: bool = False, encoders: Optional[dict] = None,
-                 baselines: Sequence[str] = ("vit",), rows: Optional[Sequence[str]] = None,
-                 finetunes: Optional[dict] = None) -> dict:
+def run_ablation(cfg: Config, labelled: str | Path, out: str | Path, *, regions: Optional[str | Path] = None,
+                 selection: Optional[str | Path] = None, fields: Optional[str] = None,
+                 methods: Sequence[str] = ("mae",), baselines: Sequence[str] = ("vit",),
+                 rows: Optional[Sequence[str]] = None, encoders: Optional[dict] = None,
+                 finetunes: Optional[dict] = None, overwrite: bool = False) -> StageResult:
     """Run every row (or the ``rows`` named) on the same folds and write the report.
 
     ``encoders`` may map (method, source) to an existing `pretrain` output to reuse instead of
     pretraining; ``finetunes`` a row name to an existing `finetune` output to reuse instead of
-    fine-tuning (every other row then uses its folds).
+    fine-tuning (every other row then uses its folds). The result's summary holds the record
+    (``ablation.json``), every row's fine-tuning record (``runs``) and the compared pairs.
     """
-    import mlflow
-
-    from ..evaluation.report import load_run, write_report
-
     finetunes = {name: Path(d) for name, d in (finetunes or {}).items()}
     rows = pick_rows(rows_for(methods, baselines), rows)
     folds_file = next((d / "folds.json" for d in finetunes.values()), None)
-    with staged_output(out, overwrite) as stage, mlflow.start_run(
-        run_name="ablation", nested=mlflow.active_run() is not None
-    ):
+    inputs = {"labelled": labelled, "regions": regions, "selection": selection, "fields": fields}
+    params = {"rows": ", ".join(r["name"] for r in rows), **{k: str(v) for k, v in inputs.items()}}
+    with staged_output(out, overwrite) as stage, stage_run(cfg, "ablation", params) as run:
         runs = {}
         for row in rows:
             if row["name"] in finetunes:  # a finished run: its record, nothing retrained
                 runs[row["name"]] = load_run(finetunes[row["name"]])
             else:
-                runs[row["name"]] = run_row(stage, cfg, row, labelled, regions, selection, fields, encoders,
-                                            folds_file)
+                runs[row["name"]] = run_row(stage, cfg, row, inputs, encoders, folds_file)
                 folds_file = folds_file or stage / row_slug(row) / "finetune" / "folds.json"
-            if len({run["folds_digest"] for run in runs.values()}) > 1:
+            if len({r["folds_digest"] for r in runs.values()}) > 1:
                 raise ValueError(f"row {row['name']!r} was evaluated on other folds than the rows before it: a "
                                  "reused fine-tuning run must use the folds of the others (fine-tune it with --folds)")
         pairs = pairs_for(rows)
         write_report(runs, stage, "ActiveSSF ablation", pairs, ablation=table3_rows(rows),
                      level=cfg.evaluate.significance, table2={r["name"]: r["table2"] for r in rows if r["table2"]})
-        labels = {r["name"]: r["table2"] for r in rows if r["table2"]}
-        record = {"rows": rows, "folds": str(folds_file), "table2": labels,
+        record = {"rows": rows, "folds": str(folds_file), "table2": {r["name"]: r["table2"] for r in rows if r["table2"]},
                   "summary": {k: v["summary"] for k, v in runs.items()}}
         (stage / "ablation.json").write_text(json.dumps(record, indent=1))
-        mlflow.log_artifact(str(stage / "report.html"))
-        mlflow.log_artifact(str(stage / "report.md"))
-        mlflow.log_artifact(str(stage / "figure3.png"))
-    return {"runs": runs, "pairs": pairs, "record": record}
+        log_results(stage, {}, FILES)
+    return StageResult("ablation", Path(out).resolve(), {**record, "runs": runs, "pairs": pairs}, run.info.run_id,
+                       FILES)
 
 
-def run_row(stage: Path, cfg: Config, row: dict, labelled, regions, selection, fields, encoders: Optional[dict],
+def run_row(stage: Path, cfg: Config, row: dict, inputs: dict, encoders: Optional[dict],
             folds_file: Optional[Path]) -> dict:
-    """One row as an MLflow run: its pretraining (unless ``encoders`` has it), then k-fold fine-tuning."""
-    import mlflow
-
-    from ..config import apply_overrides, build_config, merge
-    from .finetune import run_finetune
-    from .pretrain import run_pretrain
-
+    """One row as an MLflow run: its pretraining (unless ``encoders`` has it), then k-fold fine-tuning;
+    returns the fine-tuning record."""
     base = cfg.model_dump(mode="json")
     slug = row_slug(row)
-    with mlflow.start_run(run_name=row["name"], nested=True):
+    with stage_run(cfg, "ablation-row", {"row": row["name"]}, row["name"]):
         over = finetune_overrides(cfg, row)
         if row["method"]:
             reuse = (encoders or {}).get((row["method"], row["source"]))
             if reuse is None:
-                pcfg = build_config(merge(base, {"pretrain": {"method": row["method"], "source": row["source"]}}))
-                run_pretrain(stage / slug / "encoder", pcfg, regions, selection, fields,
+                pcfg = build_config(row_pretrain(base, row))
+                run_pretrain(pcfg, stage / slug / "encoder", regions=inputs["regions"],
+                             selection=inputs["selection"], fields=inputs["fields"],
                              name=f"ablation-{slug}-{pcfg.pretrain.digest()[:8]}")
                 reuse = stage / slug / "encoder"
             over.append(f"finetune.init={reuse}")
-        return run_finetune(labelled, stage / slug / "finetune", build_config(apply_overrides(base, over)),
-                            folds_file, name=f"ablation-{slug}")
+        result = run_finetune(build_config(apply_overrides(base, over)), inputs["labelled"], stage / slug / "finetune",
+                              folds_file=folds_file, name=f"ablation-{slug}")
+        return dict(result.summary)
+
+
+def row_pretrain(base: dict, row: dict) -> dict:
+    """The pretraining config of a row: its method and source; ``pretrain.options`` belong to the configured
+    method, so a row of another method uses that method's own defaults."""
+    p = {**base["pretrain"], "method": row["method"], "source": row["source"]}
+    if row["method"] != base["pretrain"]["method"]:
+        p["options"] = {}
+    return {**base, "pretrain": p}
 
 
 def row_slug(row: dict) -> str:

@@ -1,0 +1,90 @@
+"""One function turns the cluster and the configuration into a stage's resources: :func:`plan`.
+
+No other module does this arithmetic. Data stages (filter, embed) get tasks or
+actors; training stages (pretrain, finetune, sweep trials) get Ray Train workers
+and how many runs go at once. GPUs are used when the cluster has them unless
+the stage's ``use_gpu`` says otherwise; on CPU the workers share the machine's
+cores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from .config import Config
+
+STAGES = ("filter", "embed", "pretrain", "finetune", "sweep-selection", "sweep-filter")
+
+
+@dataclass(frozen=True)
+class Cluster:
+    cpus: int
+    gpus: int
+
+
+@dataclass(frozen=True)
+class Resources:
+    """``workers`` per run (Ray Train workers; for data stages, tasks or actors at once), each with
+    ``cpus_per_worker`` CPUs (and one GPU when ``use_gpu``), ``concurrent`` runs at once (folds or
+    trials; 1 for the other stages), ``blocks`` the data stages split their input into."""
+
+    use_gpu: bool
+    workers: int
+    cpus_per_worker: float
+    concurrent: int = 1
+    blocks: int = 1
+
+    def scaling_config(self):
+        """Ray Train's ScalingConfig for one run."""
+        from ray.train import ScalingConfig
+
+        return ScalingConfig(num_workers=self.workers, use_gpu=self.use_gpu,
+                             resources_per_worker=None if self.use_gpu else {"CPU": self.cpus_per_worker})
+
+
+def cluster() -> Cluster:
+    """The CPUs and GPUs of the Ray cluster this process is attached to."""
+    import ray
+
+    res = ray.cluster_resources()
+    return Cluster(max(int(res.get("CPU", 1)), 1), int(res.get("GPU", 0)))
+
+
+def plan(stage: str, cfg: Config, where: Optional[Cluster] = None, cpus_per_task: float = 1.0) -> Resources:
+    """The resources of ``stage`` (one of ``STAGES``) on ``where`` (default: the attached cluster)."""
+    c = where or cluster()
+    if stage == "filter":
+        return Resources(False, max(int(c.cpus / cpus_per_task), 1), cpus_per_task, blocks=4 * c.cpus)
+    if stage == "embed":  # an actor per GPU, else per CPU
+        return Resources(c.gpus > 0, c.gpus or c.cpus, 1, blocks=4 * (c.gpus or c.cpus))
+    if stage == "pretrain":
+        use_gpu = _use_gpu(cfg.pretrain.use_gpu, c)
+        workers = cfg.pretrain.num_workers or (c.gpus if use_gpu else min(2, c.cpus))
+        return Resources(use_gpu, workers, 1 if use_gpu else max(1, c.cpus // workers))
+    if stage == "finetune":  # folds run side by side while the cluster has room
+        per_fold = cfg.finetune.num_workers
+        parallel = cfg.finetune.parallel_folds or max(1, (c.gpus or c.cpus) // per_fold)
+        cpus = 1 if c.gpus else max(1, c.cpus // (parallel * per_fold))
+        return Resources(_use_gpu(cfg.finetune.use_gpu, c), per_fold, cpus, concurrent=parallel)
+    if stage == "sweep-selection":
+        return Resources(c.gpus > 0, cfg.sweep.num_workers, 1, concurrent=_trials(cfg, c))
+    if stage == "sweep-filter":
+        return Resources(False, 1, 1, concurrent=cfg.sweep.max_concurrent_trials or c.cpus)
+    raise ValueError(f"unknown stage {stage!r}; stages with resources: {', '.join(STAGES)}")
+
+
+def _use_gpu(setting: Optional[bool], c: Cluster) -> bool:
+    return setting if setting is not None else c.gpus > 0
+
+
+def _trials(cfg: Config, c: Cluster) -> int:
+    """Selection trials at once. Each trial's Ray Train run reserves ``sweep.num_workers`` GPUs (or CPUs
+    on a CPU-only cluster); on CPU one core stays free for the Ray Data tasks that feed the trials: with
+    every core held by a trainer's placement group, the next trial's data could never be computed and
+    its trainer would wait for a placement group forever."""
+    if cfg.sweep.max_concurrent_trials:
+        return cfg.sweep.max_concurrent_trials
+    if c.gpus >= cfg.sweep.num_workers:
+        return c.gpus // cfg.sweep.num_workers
+    return max(1, (c.cpus - 1) // cfg.sweep.num_workers)
