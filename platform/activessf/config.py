@@ -273,7 +273,7 @@ class FinetuneConfig(Section):
     backbone_kwargs: dict = Field(default_factory=dict, description="extra timm kwargs, e.g. img_size, depth")
     drop_path: float = Field(0.1, ge=0, lt=1, description="stochastic depth (MAE fine-tuning recipe)")
     num_classes: int = Field(11, ge=2, description="paper: 11 subtypes")
-    image_size: int = Field(224, ge=16, le=1024, description="paper: 224")
+    image_size: int = Field(224, ge=16, le=1024, description="paper: 224 (from a pretrained encoder: its size)")
     epochs: int = Field(50, ge=1, description="paper: 50")
     warmup_epochs: int = Field(5, ge=0, description="warm-up epochs")
     batch_size: int = Field(64, ge=1, description="global batch")

@@ -29,6 +29,7 @@ from types import MappingProxyType
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from .config import Config
+from .tracking import ensure_mlflow
 
 
 @dataclass(frozen=True)
@@ -128,8 +129,6 @@ def stage_run(cfg: Config, stage: str, params: Mapping[str, Any], run_name: Opti
     When this process has not chosen an MLflow store yet, it uses ``cfg.run``'s (``init_mlflow``).
     """
     import mlflow
-
-    from .tracking import ensure_mlflow
 
     ensure_mlflow(cfg.run.work_dir, cfg.run.experiment)
     with mlflow.start_run(run_name=run_name or stage, nested=mlflow.active_run() is not None) as run:

@@ -40,3 +40,16 @@ def test_no_weight_decay_on_biases_and_norms():
     wd = {n: g["weight_decay"] for g in layer_decay_groups(model, 0.05, 0.75) for n in g["names"]}
     assert wd["blocks.0.attn.qkv.weight"] == 0.05 and wd["blocks.0.attn.qkv.bias"] == 0.0
     assert wd["blocks.0.norm1.weight"] == 0.0 and wd["pos_embed"] == 0.0
+
+
+def test_a_pretrained_encoder_sets_the_fine_tuning_input_size(tmp_path):
+    """A ViT pretrained at 64 px fine-tunes at 64 px whatever finetune.image_size says (its position
+    embedding fixes the size); without an encoder the setting stands."""
+    import json
+
+    from activessf.config import FinetuneConfig
+    from activessf.finetune.model import at_encoder_size
+
+    (tmp_path / "encoder.json").write_text(json.dumps({"image_size": 64, "timm_name": "vit_tiny_patch16_224"}))
+    assert at_encoder_size(FinetuneConfig(init=str(tmp_path), image_size=224)).image_size == 64
+    assert at_encoder_size(FinetuneConfig(image_size=96)).image_size == 96

@@ -27,6 +27,20 @@ def encoder_record(init: str) -> tuple[dict | None, Path]:
     return (json.loads(record.read_text()) if record.is_file() else None), local
 
 
+def at_encoder_size(ft: FinetuneConfig) -> FinetuneConfig:
+    """``ft`` at the input size of the pretrained encoder it starts from (a ViT's position embedding fixes
+    it), else unchanged; says so when that changes ``finetune.image_size``."""
+    if not ft.init:
+        return ft
+    record, _ = encoder_record(ft.init)
+    size = (record or {}).get("image_size")
+    if size is None or size == ft.image_size:
+        return ft
+    log.warning("fine-tuning at %d px, the input size %s was pretrained at (finetune.image_size=%d does not "
+                "apply to a pretrained encoder)", size, ft.init, ft.image_size)
+    return ft.model_copy(update={"image_size": size})
+
+
 def classifier_spec(ft: FinetuneConfig) -> tuple[str, dict, Path | None, dict]:
     """(timm name, timm kwargs, weights file or None, provenance) of the classifier ``ft`` describes."""
     name, kwargs, weights, info = ft.backbone, dict(ft.backbone_kwargs), None, {"init": "scratch"}

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Optional
 
 from ..config import Config, load_config
+from ..evaluation.report import load_run
+from ..imageio import encode_png
 from ..stage import StageResult, log_results, stage_run
 from .promotion import Decision, Evidence, decide, evidence_from_metrics
 
@@ -50,8 +52,6 @@ def example_cell() -> bytes:
     """A small stained-looking cell (PNG bytes) for the model's input example."""
     import cv2
     import numpy as np
-
-    from ..imageio import encode_png
 
     img = np.full((96, 96, 3), (232, 214, 226), np.uint8)
     cv2.circle(img, (48, 48), 38, (196, 150, 205), -1)
@@ -85,8 +85,6 @@ def register(run_dir: str | Path, cfg: Config, force: bool = False) -> StageResu
     """Register the final model of a fine-tuning output; move the alias if it earns it. The result's
     summary is the promotion record."""
     from mlflow import MlflowClient
-
-    from ..evaluation.report import load_run
 
     run_dir = Path(run_dir)
     metrics = load_run(run_dir)

@@ -28,6 +28,7 @@ from ..data.labelled import list_labelled
 from ..data.resize import load_resize, source_size
 from ..evaluation.folds import assign_folds, folds_digest, load_folds, save_folds
 from ..evaluation.metrics import class_groups, fold_metrics, summarise
+from ..finetune.model import at_encoder_size
 from ..resources import plan
 from ..stage import StageResult, child_runs, log_results, stage_run, staged_output, train_storage
 from ..subtypes import class_order
@@ -109,6 +110,7 @@ def run_finetune(cfg: Config, labelled: str | Path, out: str | Path, *, folds_fi
                  name: Optional[str] = None, storage: Optional[str] = None, overwrite: bool = False) -> StageResult:
     """Stratified k-fold fine-tuning of ``cfg.finetune`` on the ``labelled`` cells (ImageFolder or CSV),
     on the folds of ``folds_file`` when given; with ``finetune.final_fit`` also the model to deploy."""
+    cfg = cfg.model_copy(update={"finetune": at_encoder_size(cfg.finetune)})
     ft = cfg.finetune
     data = labelled_set(labelled, cfg, folds_file)
     name = name or f"finetune-{cfg.finetune.digest()[:8]}"

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from ..config import Config, ConfigError, apply_overrides, build_config, read_yaml
+from ..config import Config, ConfigError, apply_overrides, build_config, explain, read_yaml
 
 KINDS = {
     "selection": ("select", "prototypes"),  # what a selection trial may change
@@ -145,8 +145,6 @@ def field_problem(key: str, value: Any) -> str:
     Constraints between fields (``select.lb <= select.ub``) are checked on whole draws instead.
     """
     from pydantic import ConfigDict, ValidationError, create_model
-
-    from ..config import explain
 
     section, _, field = key.partition(".")
     info = Config.model_fields[section].annotation.model_fields[field]
