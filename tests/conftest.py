@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 for _var in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI"):
     os.environ.pop(_var, None)
 BCCD = Path(os.environ.get("ACTIVESSF_BCCD", REPO.parent / "shared" / "data" / "bccd"))
+WBC_SEG1 = Path(os.environ.get("ACTIVESSF_WBC_SEG1", REPO.parent / "shared" / "data" / "wbc_seg1"))
 
 
 @pytest.fixture(autouse=True)
@@ -40,6 +41,13 @@ def bccd() -> Path:
     if not (BCCD / "JPEGImages").is_dir():
         pytest.skip(f"BCCD data not found at {BCCD} (set ACTIVESSF_BCCD to its path)")
     return BCCD
+
+
+@pytest.fixture
+def wbc_seg1() -> Path:
+    if not (WBC_SEG1 / "images").is_dir():
+        pytest.skip(f"wbc_seg1 data not found at {WBC_SEG1} (set ACTIVESSF_WBC_SEG1 to its path)")
+    return WBC_SEG1
 
 
 # ------------------------------------------------------------------ Ray: one local cluster per session

@@ -221,9 +221,13 @@ def run_filter_cmd(args) -> int:
 
 def _filter_eval_args(p):
     p.add_argument("--regions", required=True, type=Path, help="output directory of `activessf filter`")
-    p.add_argument("--boxes", required=True, type=Path,
-                   help="VOC annotations (directory or XML) or a synthetic ground_truth.json (or its directory)")
-    p.add_argument("--label", help="ground-truth label to find (default: megakaryocyte for synthetic data, WBC for VOC)")
+    truth = p.add_mutually_exclusive_group(required=True)
+    truth.add_argument("--boxes", type=Path,
+                       help="VOC annotations (directory or XML) or a synthetic ground_truth.json (or its directory)")
+    truth.add_argument("--masks", type=Path,
+                       help="segmentation masks, one image per smear image with the same file stem: non-zero = cell")
+    p.add_argument("--label", help="ground-truth label to find (default: megakaryocyte for synthetic data, WBC for VOC, "
+                                   "cell for masks)")
     p.add_argument("--iou", type=float, default=0.3, help="IoU at which a region matches a box (default 0.3)")
     p.add_argument("--json", type=Path, help="also write the report here (default: REGIONS/eval_<label>.json)")
 
@@ -234,7 +238,8 @@ def run_filter_eval(args) -> int:
     from .stages.filter_eval import run_filter_eval
 
     cfg = start_stage(args, ray=False)
-    result = run_filter_eval(cfg, args.regions, args.boxes, args.json, label=args.label, iou=args.iou)
+    result = run_filter_eval(cfg, args.regions, args.boxes, args.json, label=args.label, iou=args.iou,
+                             masks=args.masks)
     print(json.dumps(dict(result.summary), indent=2))
     return 0
 

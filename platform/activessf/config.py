@@ -155,8 +155,27 @@ class FilterConfig(Section):
         default_factory=lambda: [((95, 150, 50), (105, 255, 255))],
         description="deep-blue HSV ranges (inside the purple range: NOTES item 1)",
     )
+    mask: Literal["hsv", "absorbance"] = Field(
+        "hsv", description="which colours are cells: hsv = the paper's purple/deep-blue HSV ranges; absorbance = "
+        "colours absorbing red light (optical density against the image's own background) of at least od_red and "
+        "od_ratio times their blue absorbance: stain- and exposure-robust (docs/filter.md)"
+    )
+    od_red: float = Field(0.18, gt=0, le=3, description="absorbance mask: minimum red optical density (log10)")
+    od_ratio: float = Field(0.7, ge=0, le=10, description="absorbance mask: red OD >= od_ratio * blue OD "
+                            "(stained nuclei absorb red; red cells absorb blue)")
     closing_kernel: int = Field(0, ge=0, le=63, description="morphological closing size, 0 = off")
     min_box: int = Field(70, ge=1, le=10_000, description="minimum box side, pixels")
+    um_per_px: Optional[float] = Field(
+        None, gt=0, le=100, description="micrometres per pixel of your images; needed by the *_um sizes"
+    )
+    min_box_um: Optional[float] = Field(None, gt=0, le=1000, description="minimum box side in micrometres "
+                                        "(replaces min_box; needs um_per_px)")
+    closing_um: Optional[float] = Field(None, ge=0, le=100, description="closing size in micrometres (replaces "
+                                        "closing_kernel; needs um_per_px)")
+    grow: int = Field(0, ge=0, le=1000, description="pixels added to every side of a kept box: the stained "
+                      "nucleus-dense region grown towards the whole cell (its cytoplasm rim)")
+    grow_um: Optional[float] = Field(None, ge=0, le=100, description="grow in micrometres (replaces grow; "
+                                     "needs um_per_px)")
     fill_rate: float = Field(0.7, ge=0, le=1, description="minimum region pixels / box area")
     crop_margin: int = Field(8, ge=0, le=512, description="pixels added around each kept box")
     max_pixels: int = Field(100_000_000, ge=1, description="larger images are refused (bomb guard)")
@@ -178,7 +197,26 @@ class FilterConfig(Section):
                 f"merged_clusters ({self.merged_clusters}) must be <= kmeans_clusters "
                 f"({self.kmeans_clusters}); the paper merges 20 -> 10"
             )
+        sizes = {k: getattr(self, k) for k in ("min_box_um", "closing_um", "grow_um") if getattr(self, k) is not None}
+        if sizes and self.um_per_px is None:
+            raise ValueError(f"{', '.join(sizes)} in micrometres need filter.um_per_px, the micrometres per pixel "
+                             "of your images (e.g. --set filter.um_per_px=0.1)")
+        closing = self.in_pixels().closing_kernel
+        if closing > 63:
+            raise ValueError(f"closing_um {self.closing_um} at {self.um_per_px} um/px is a {closing}-pixel closing, "
+                             "above the 63 allowed: lower closing_um or check um_per_px")
         return self
+
+    def in_pixels(self) -> "FilterConfig":
+        """This config with the micrometre sizes turned into ``min_box``, ``closing_kernel`` and ``grow`` pixels."""
+        update = {}
+        if self.min_box_um is not None:
+            update["min_box"] = max(1, int(round(self.min_box_um / self.um_per_px)))
+        if self.closing_um is not None:
+            update["closing_kernel"] = int(round(self.closing_um / self.um_per_px))
+        if self.grow_um is not None:
+            update["grow"] = int(round(self.grow_um / self.um_per_px))
+        return self.model_copy(update=update) if update else self
 
 
 # -------------------------------------------------- stages 2-3: embed, select

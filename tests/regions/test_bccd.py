@@ -21,9 +21,11 @@ def run(bccd, cfg):
 
 
 def test_wbc_preset_finds_white_cells(bccd):
+    """The stain-robust preset at BCCD's scale (its default um_per_px): the issue's goal is 0.95 / 0.95."""
     report = run(bccd, load_config(preset="wbc").filter)
     assert report.truth_boxes == 372
-    assert report.recall >= 0.98 and report.precision >= 0.97, report  # measured: 0.992, 0.979
+    assert report.recall >= 0.95 and report.precision >= 0.95, report  # measured: 0.976, 0.971
+    assert report.best_iou_quantiles["q50"] >= 0.7, report  # whole-cell boxes; measured 0.770
 
 
 def test_paper_defaults_are_too_strict_for_white_cells(bccd):

@@ -52,3 +52,22 @@ def test_voc_and_synthetic_ground_truth(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no VOC"):
         load_boxes(tmp_path / "empty")
+
+
+def test_masks_give_one_box_per_cell_and_the_report_gives_the_iou_spread(tmp_path):
+    import cv2
+    import numpy as np
+
+    from activessf.data.annotations import load_masks
+
+    m = np.zeros((60, 80), np.uint8)
+    m[10:30, 5:25] = 128  # cytoplasm
+    m[15:20, 10:15] = 255  # its nucleus: the same cell
+    m[40:55, 50:70] = 255  # a second cell
+    m[0, 79] = 255  # a speck, ignored
+    cv2.imwrite(str(tmp_path / "img_1.png"), m)
+    truth = load_masks(tmp_path)
+    assert truth == {"img_1": [("cell", (5, 10, 20, 20), None), ("cell", (50, 40, 20, 15), None)]}
+    rep = evaluate({"img_1": [(10, 15, 5, 5)]}, truth, "cell", 0.05)  # a nucleus-sized region in cell 1
+    assert rep.matched == 1 and rep.best_iou_quantiles["q90"] == pytest.approx(0.0625 * 0.9, abs=1e-3)  # of [0, 0.0625]
+    assert rep.best_iou_quantiles["q10"] < 0.01  # cell 2: no region, IoU 0

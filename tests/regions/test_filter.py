@@ -136,3 +136,50 @@ def test_normalisation_modes():
 def test_rejects_non_rgb_arrays():
     with pytest.raises(ValueError, match="RGB uint8"):
         filter_image(np.zeros((10, 10), np.uint8), FilterConfig())
+
+
+def test_absorbance_keeps_what_absorbs_red_whatever_the_exposure():
+    """Colours made from optical densities against a yellowish background: a purple nucleus is kept; a pink
+    red cell (absorbs green and blue), pale cytoplasm and the background are not; dimming the whole
+    image (background included) changes nothing."""
+    from activessf.regions.filter import absorbance_keep
+
+    bg = np.array([240.0, 235.0, 200.0])
+
+    def colour(od):
+        return np.clip((bg + 1) * 10 ** -np.array(od) - 1, 0, 255)
+
+    ods = [[0.5, 0.8, 0.3], [0.03, 0.19, 0.12], [0.0, 0.0, 0.0], [0.1, 0.3, 0.4], [0.25, 0.3, 0.45]]
+    palette = np.stack([colour(od) for od in ods])
+    expected = [True, False, False, False, False]  # the last absorbs red, but blue more: a pink-violet
+    assert absorbance_keep(palette.astype(np.uint8), bg, 0.2, 0.7).tolist() == expected
+    dim = 0.6
+    assert absorbance_keep((palette * dim).astype(np.uint8), bg * dim, 0.2, 0.7).tolist() == expected
+
+
+def test_sizes_in_micrometres_become_pixels_and_need_a_scale():
+    from pydantic import ValidationError
+
+    f = FilterConfig(um_per_px=0.1, min_box_um=5.0, closing_um=2.0).in_pixels()
+    assert (f.min_box, f.closing_kernel) == (50, 20)
+    assert FilterConfig(min_box=70).in_pixels().min_box == 70  # no micrometres: pixels as given
+    with pytest.raises(ValidationError, match="need filter.um_per_px"):
+        FilterConfig(min_box_um=5.0)
+    with pytest.raises(ValidationError, match="above the 63 allowed"):
+        FilterConfig(um_per_px=0.01, closing_um=2.0)
+
+
+def test_wide_closings_run_at_reduced_resolution_and_join_the_same_lobes():
+    """Two lobes 20 px apart: a 34-px closing joins them into one component, like the full-resolution
+    disk; a narrow closing is the plain one; nothing of the mask is lost."""
+    from activessf.regions.filter import close
+
+    mask = np.zeros((200, 240), np.uint8)
+    cv2.circle(mask, (80, 100), 30, 1, -1)
+    cv2.circle(mask, (160, 100), 30, 1, -1)
+    full = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (34, 34)))
+    fast = close(mask, 34)
+    assert (fast >= mask).all() and cv2.connectedComponents(fast)[0] - 1 == 1 == cv2.connectedComponents(full)[0] - 1
+    assert np.abs(fast.astype(int) - full).sum() < 0.05 * full.sum()  # the outline moves by at most f - 1 = 1 px
+    small = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (9, 9)))
+    assert (close(mask, 9) == small).all() and close(mask, 0) is mask

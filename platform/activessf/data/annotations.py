@@ -1,8 +1,8 @@
-"""Ground-truth boxes: Pascal VOC XML (e.g. BCCD) and the synthetic generator's JSON.
+"""Ground-truth boxes: Pascal VOC XML (e.g. BCCD), segmentation masks and the synthetic generator's JSON.
 
-Both read into ``{image key: [(label, (x, y, w, h), subtype), ...]}`` where the
+All read into ``{image key: [(label, (x, y, w, h), subtype), ...]}`` where the
 key is the image file's stem (``BloodImage_00000``, ``field_00000``) and
-``subtype`` is the synthetic cell's subtype (None for VOC).
+``subtype`` is the synthetic cell's subtype (None for VOC and masks).
 """
 
 from __future__ import annotations
@@ -17,6 +17,33 @@ Box = tuple[int, int, int, int]  # x, y, w, h
 def image_key(source: str) -> str:
     """The key an image is known by in annotations: its file stem."""
     return Path(source.split("://")[-1]).stem
+
+
+MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".jpg")
+MASK_LABEL = "cell"
+
+
+def read_mask(path: str | Path) -> list[tuple[str, Box, None]]:
+    """The cells of one segmentation mask (non-zero = cell) as ``("cell", box, None)``: one per
+    8-connected component, ignoring specks under 0.1% of the image (and under 25 pixels)."""
+    import cv2
+
+    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if mask is None:
+        raise ValueError(f"{path}: not a readable mask image")
+    n, _, stats, _ = cv2.connectedComponentsWithStats((mask > 0).astype("uint8"), connectivity=8)
+    least = max(25, 0.001 * mask.size)
+    return [(MASK_LABEL, tuple(int(v) for v in stats[i, :4]), None) for i in range(1, n)
+            if stats[i, cv2.CC_STAT_AREA] >= least]
+
+
+def load_masks(spec: str | Path) -> dict[str, list[tuple[str, Box, None]]]:
+    """Boxes of every mask image in a directory, keyed by file stem (the stem of the image it annotates)."""
+    path = Path(spec)
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in MASK_SUFFIXES) if path.is_dir() else []
+    if not files:
+        raise FileNotFoundError(f"{spec}: no mask images ({', '.join(MASK_SUFFIXES)}) in this directory")
+    return {p.stem: read_mask(p) for p in files}
 
 
 def read_voc(path: str | Path) -> list[tuple[str, Box, None]]:

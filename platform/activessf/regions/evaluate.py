@@ -51,6 +51,7 @@ class EvalReport:
     unmatched_regions_by_overlap: dict[str, int] = field(default_factory=dict)
     regions_outside_annotations: int = 0
     recall_by_subtype: dict[str, float] = field(default_factory=dict)  # when the truth has subtypes
+    best_iou_quantiles: dict[str, float] = field(default_factory=dict)  # each truth box's best IoU (0: none)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -71,12 +72,14 @@ def evaluate(
     ious: list[float] = []
     distractors: Counter = Counter()
     found, present = Counter(), Counter()
+    best: list[float] = []
     for key, objects in truth_by_image.items():
         targets = [o for o in objects if o[0] == label]
         truth = np.array([o[1] for o in targets], float).reshape(-1, 4)
         regs = np.array(regions_by_image.get(key, []), float).reshape(-1, 4)
         n_truth, n_regions = n_truth + len(truth), n_regions + len(regs)
         matched = match(regs, truth, iou)
+        best += iou_matrix(truth, regs).max(1).tolist() if len(regs) else [0.0] * len(truth)
         ious += [v for _, _, v in matched]
         hit = {i for i, _, _ in matched}
         for j, o in enumerate(targets):
@@ -103,6 +106,8 @@ def evaluate(
         unmatched_regions_by_overlap=dict(sorted(distractors.items())),
         regions_outside_annotations=outside,
         recall_by_subtype={k: found[k] / present[k] for k in sorted(present)},
+        best_iou_quantiles=({f"q{int(q * 100)}": round(float(np.quantile(best, q)), 3)
+                             for q in (0.1, 0.25, 0.5, 0.75, 0.9)} if best else {}),
     )
 
 

@@ -158,7 +158,7 @@ def format_summary(s: dict) -> str:
 def write_figures(out: Path, cfg: FilterConfig, sample: int = 48) -> None:
     kept = read_table(out, "regions", ["w", "h", "fill_rate"]).to_pydict()
     rejected = read_table(out, "rejected", ["w", "h", "fill_rate"]).to_pydict()
-    region_stats_figure(kept, rejected, cfg.min_box, cfg.fill_rate, out / "region_stats.png")
+    region_stats_figure(kept, rejected, cfg.in_pixels().min_box, cfg.fill_rate, out / "region_stats.png")
     crops = read_table(out, "regions", ["crop"]).column("crop").to_pylist()
     step = max(len(crops) // sample, 1)
     write_png(out / "contact_sheet.png", image_grid([decode_png(c) for c in crops[::step][:sample]], columns=8))
