@@ -310,7 +310,8 @@ class FinetuneConfig(Section):
     backbone: str = Field("vit_base_patch16_224", min_length=1, description="timm model name (ignored with an encoder dir)")
     backbone_kwargs: dict = Field(default_factory=dict, description="extra timm kwargs, e.g. img_size, depth")
     drop_path: float = Field(0.1, ge=0, lt=1, description="stochastic depth (MAE fine-tuning recipe)")
-    num_classes: int = Field(11, ge=2, description="paper: 11 subtypes")
+    num_classes: Optional[int] = Field(None, ge=2, description="classes the labelled set must have (the paper: 11 "
+                                       "subtypes); None = as many as it has")
     image_size: int = Field(224, ge=16, le=1024, description="paper: 224 (from a pretrained encoder: its size)")
     epochs: int = Field(50, ge=1, description="paper: 50")
     warmup_epochs: int = Field(5, ge=0, description="warm-up epochs")

@@ -65,3 +65,39 @@ def test_paired_ttest_matches_scipy_on_fixed_numbers():
 def test_class_groups_from_frequency():
     groups = class_groups({"G-MK": 50, "N-MK": 20, "CA-MK": 2, "S-MK": 28}, rare_share=0.03, common_share=0.3)
     assert groups == {"G-MK": "common", "N-MK": "medium", "CA-MK": "rare", "S-MK": "medium"}
+
+
+def test_corrected_resampled_ttest_against_hand_computed_numbers():
+    """3 repeats of 2-fold CV, differences 0.01 0.03 0.02 0.04 0.00 0.02: mean 0.02, sample variance
+    0.001 / 5 = 0.0002; 2-fold means n_test / n_train = 1, so se = sqrt((1/6 + 1) * 0.0002) = 0.015275
+    and t = 1.3093 with 5 degrees of freedom, where the plain paired test says t = 3.4641."""
+    import pytest
+    from scipy.stats import t as student
+
+    from activessf.evaluation.stats import corrected_ttest, paired_ttest
+
+    a = [0.50, 0.50, 0.50, 0.50, 0.50, 0.50]
+    b = [0.51, 0.53, 0.52, 0.54, 0.50, 0.52]
+    r = corrected_ttest(a, b, test_train_ratio=1.0)
+    assert r["t"] == pytest.approx(0.02 / (0.0002 * 7 / 6) ** 0.5, rel=1e-9) == pytest.approx(1.3093, abs=1e-4)
+    assert r["p"] == pytest.approx(2 * student.sf(1.3093, 5), abs=1e-4) and 0.2 < r["p"] < 0.3
+    assert r["ci"][0] == pytest.approx(0.02 - 2.5706 * 0.0152753, abs=1e-4) and r["ci"][0] < 0 < r["ci"][1]
+    assert paired_ttest(a, b)["t"] == pytest.approx(3.4641, abs=1e-4)  # the uncorrected test: "significant"
+    assert corrected_ttest(a, a, 1.0)["p"] == 1.0
+
+
+def test_finetune_num_classes_when_set_must_match_the_labelled_set(tmp_path):
+    import numpy as np
+    import pytest
+
+    from activessf.config import load_config
+    from activessf.imageio import write_png
+    from activessf.stages.finetune import labelled_set
+
+    for name in ("G-MK", "S-MK"):
+        for i in range(2):
+            write_png(tmp_path / name / f"{i}.png", np.full((8, 8, 3), 100 + i, np.uint8))
+    with pytest.raises(ValueError, match="has 2 classes .* finetune.num_classes is 11"):
+        labelled_set(tmp_path, load_config(overrides=["finetune.num_classes=11"]), None)
+    data = labelled_set(tmp_path, load_config(overrides=["evaluate.folds=2"]), None)  # None: as they come
+    assert data["classes"] == ["G-MK", "S-MK"] and data["k"] == 2

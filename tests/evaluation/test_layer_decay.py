@@ -24,6 +24,7 @@ def test_vit_scales_by_block_depth():
     for i in range(3):
         assert s[f"blocks.{i}.attn.qkv.weight"] == pytest.approx(0.75 ** (3 - i))
     assert s["head.weight"] == 1.0 and info["num_classes"] == 5
+    assert s["norm.weight"] == 1.0  # MAE's recipe: the final norm learns at the full rate, like the head
 
 
 def test_resnet_scales_by_stage():

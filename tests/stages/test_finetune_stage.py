@@ -42,6 +42,7 @@ def test_two_fold_runs_on_the_same_folds_compare_and_report(runs, tmp_path, caps
     assert folds_digest(assign_folds(ids, labels, 2, runs["cfg"].evaluate.seed)) == a["folds_digest"]
     c = compare_runs(b, a)
     assert set(c["metrics"]) == {"accuracy", "pr_auc", "f1"} and all(0 <= r["p"] <= 1 for r in c["metrics"].values())
+    assert all(r["corrected"]["p"] >= r["p"] or r["mean_diff"] == 0 for r in c["metrics"].values())  # never surer
     with pytest.raises(ValueError, match="different folds"):  # folds from another seed are not comparable
         compare_runs(a, {**b, "folds_digest": folds_digest(assign_folds(ids, labels, 2, 7))})
     paths = write_report({"A": a, "B": b}, tmp_path / "report", "test", {"A": "B"})
@@ -50,7 +51,7 @@ def test_two_fold_runs_on_the_same_folds_compare_and_report(runs, tmp_path, caps
     assert "data:image/png;base64," in page and paths["figure"].stat().st_size > 10_000
     assert main(["compare", str(runs["b"]), str(runs["a"])]) == 0
     out = capsys.readouterr().out
-    assert "paired t-test" in out and "PR-AUC HL-MK" in out
+    assert "paired t-test" in out and "PR-AUC HL-MK" in out and "corrected p" in out
 
 
 def test_each_fold_and_the_final_fit_are_nested_mlflow_runs(runs):

@@ -10,7 +10,7 @@ from typing import Optional
 
 import numpy as np
 
-from .stats import mark, paired_ttest
+from .stats import corrected_ttest, mark, paired_ttest
 
 SUMMARY = (("accuracy", "Accuracy (%)"), ("pr_auc", "PR-AUC (%)"), ("f1", "F1-score (%)"))
 
@@ -29,9 +29,11 @@ def compare_runs(a: dict, b: dict, level: float = 0.05) -> dict:
         raise ValueError("the two runs used different folds: rerun one with --folds <the other>/folds.json")
     out = {"baseline": a.get("name"), "candidate": b.get("name"), "level": level, "metrics": {}, "per_class": {}}
     for key, _ in SUMMARY:
-        t = paired_ttest(a["summary"][key]["folds"], b["summary"][key]["folds"])
+        fa, fb = a["summary"][key]["folds"], b["summary"][key]["folds"]
+        t = paired_ttest(fa, fb)
+        corrected = corrected_ttest(fa, fb, test_train_ratio=1.0 / max(len(fa) - 1, 1))  # one k-fold run
         out["metrics"][key] = {"a": a["summary"][key]["mean"], "b": b["summary"][key]["mean"], **t,
-                               "significant": t["p"] < level}
+                               "significant": t["p"] < level, "corrected": corrected}
     for c in a["classes"]:
         fa, fb = a["summary"]["pr_auc_per_class"][c]["folds"], b["summary"]["pr_auc_per_class"][c]["folds"]
         if len(fa) == len(fb) >= 2:
@@ -41,11 +43,18 @@ def compare_runs(a: dict, b: dict, level: float = 0.05) -> dict:
 
 
 def format_comparison(c: dict) -> str:
-    lines = [f"{c['candidate']} vs {c['baseline']} (paired t-test over folds, * p < {c['level']})",
-             f"{'metric':<16} {'A':>8} {'B':>8} {'B-A':>8} {'p':>8}"]
+    """The comparison as text: the paper's paired t-test (p, * below the level) and, for the summary
+    metrics, the corrected resampled t-test's p and 95% interval of B - A (docs/finetune.md)."""
+    lines = [f"{c['candidate']} vs {c['baseline']} (paired t-test over folds, * p < {c['level']}; corrected: "
+             "Nadeau-Bengio, 95% interval of B-A)",
+             f"{'metric':<16} {'A':>8} {'B':>8} {'B-A':>8} {'p':>8}   {'corrected p':>11} {'95% interval':>18}"]
     for key, r in list(c["metrics"].items()) + [(f"PR-AUC {k}", v) for k, v in c["per_class"].items()]:
-        lines.append(f"{key:<16} {100 * r['a']:>8.2f} {100 * r['b']:>8.2f} {100 * r['mean_diff']:>+8.2f} "
-                     f"{r['p']:>8.4f}{' *' if r['significant'] else ''}")
+        line = (f"{key:<16} {100 * r['a']:>8.2f} {100 * r['b']:>8.2f} {100 * r['mean_diff']:>+8.2f} "
+                f"{r['p']:>8.4f}{' *' if r['significant'] else '  '}")
+        if "corrected" in r:
+            lo, hi = r["corrected"]["ci"]
+            line += f" {r['corrected']['p']:>11.4f} {f'[{100 * lo:+.2f}, {100 * hi:+.2f}]':>18}"
+        lines.append(line)
     return "\n".join(lines)
 
 

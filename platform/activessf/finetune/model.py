@@ -16,6 +16,8 @@ from ..training.optim import param_groups
 
 log = logging.getLogger(__name__)
 
+FINAL = ("norm.", "fc_norm.", "head.")  # a classifier's last layers: full learning rate under layer-wise decay
+
 
 def encoder_record(init: str) -> tuple[dict | None, Path]:
     """(encoder.json of a `pretrain` output, weights file) for ``init``: a directory, a file or a URI."""
@@ -88,5 +90,10 @@ def layer_decay_groups(model: nn.Module, weight_decay: float, layer_decay: float
     coarse = not hasattr(model, "blocks")  # transformers by block; CNNs (ResNet: stem, layer1-4, fc) by stage
     layers = group_parameters(model, model.group_matcher(coarse=coarse), reverse=True)
     last = max(layers.values())
-    return param_groups(model, weight_decay, layer_of=lambda n: layers.get(n, last), num_layers=last,
-                        layer_decay=layer_decay)
+
+    def layer_of(name: str) -> int:
+        # timm groups a transformer's final norm with its last block; MAE's recipe (and BEiT's) gives the final
+        # norm, like the head, the full learning rate: the layer after the last block
+        return last if name.startswith(FINAL) else layers.get(name, last)
+
+    return param_groups(model, weight_decay, layer_of=layer_of, num_layers=last, layer_decay=layer_decay)

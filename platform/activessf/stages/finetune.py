@@ -143,6 +143,10 @@ def labelled_set(labelled: str | Path, cfg: Config, folds_file: Optional[str | P
     ids = [str(p.relative_to(base)) if p.is_relative_to(base) else str(p) for p, _ in pairs]
     labels = [lab for _, lab in pairs]
     classes = class_order(labels)
+    if cfg.finetune.num_classes is not None and len(classes) != cfg.finetune.num_classes:
+        raise ValueError(f"{labelled} has {len(classes)} classes ({', '.join(classes)}) but finetune.num_classes is "
+                         f"{cfg.finetune.num_classes}: fix the labelled set, or set finetune.num_classes to "
+                         f"{len(classes)} (or null to take the classes as they come)")
     if folds_file:
         folds = load_folds(folds_file)
         missing = set(ids) - set(folds)
