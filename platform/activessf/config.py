@@ -281,6 +281,8 @@ class PretrainConfig(Section):
         "selected", description="selected regions (ActiveSSF), all filtered regions, or random crops of raw fields"
     )
     epochs: int = Field(400, ge=1, description="paper: 400")
+    steps: Optional[int] = Field(None, ge=1, description="train for at least this many optimiser steps instead of "
+                                 "`epochs` (whole epochs, rounded up): equal budgets for pools of different sizes")
     warmup_epochs: int = Field(5, ge=0, description="paper: 5")
     batch_size: int = Field(64, ge=1, description="global batch (paper: 64)")
     base_lr: float = Field(1e-3, gt=0, le=10, description="lr = base_lr * batch / 256")

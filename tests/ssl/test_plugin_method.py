@@ -71,6 +71,7 @@ def test_a_method_from_outside_the_library_pretrains_and_fine_tunes(embedded, tm
 
     pre = run_pretrain(cfg, tmp_path / "encoder", regions=embedded["regions"], name="toy")
     assert pre["method"] == "toy" and pre["options"] == {"scale": 2.0} and pre["epochs"] == 1
+    assert pre["budget"]["epochs"] == 1 and pre["budget"]["steps"] == pre["rows"] // 8  # recorded with the encoder
     assert torch.isfinite(torch.tensor(pre["final_loss"]))
     fine = run_finetune(finetune_config(cfg, tmp_path / "encoder"), embedded["data"] / "labelled",
                         tmp_path / "finetune", name="toy-ft")

@@ -120,3 +120,13 @@ def test_fault_hooks_kill_the_last_worker_once_per_marker(tmp_path, monkeypatch)
     loss = torch.tensor(1.0)
     assert fault_hooks(nan_steps=[3]).corrupt_loss(loss, 2) is loss
     assert fault_hooks(nan_steps=[3]).corrupt_loss(loss, 3).isnan()
+
+
+def test_a_step_budget_gives_pools_of_any_size_the_same_training():
+    """pretrain.steps: whole epochs reaching the steps; a small pool trains more epochs, not fewer steps."""
+    from activessf.training.schedule import budget, steps_per_epoch
+
+    assert steps_per_epoch(100, 8, 1) == steps_per_epoch(100, 8, 2) == steps_per_epoch(100, 8, 1, 2) == 12
+    big, small = budget(1000, 8, 1, 1, 400, 60), budget(100, 8, 1, 1, 400, 60)
+    assert (big["epochs"], big["steps"]) == (1, 125) and (small["epochs"], small["steps"]) == (5, 60)
+    assert small["images_seen"] == 60 * 8 and budget(100, 8, 1, 1, 7, None)["epochs"] == 7  # no steps: epochs

@@ -38,6 +38,7 @@ from ..resources import Resources, plan
 from ..stage import StageResult, log_results, stage_run, staged_output, train_storage
 from ..tracking import store_uri
 from ..training.inline import first_rows, fits_inline, row_count, split_inputs
+from ..training.schedule import budget
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,13 @@ def run_pretrain(cfg: Config, out: str | Path, *, regions: Optional[str | Path] 
     rows = row_count(images)
     if rows < p.batch_size:
         log.warning("only %d training images for a batch of %d: lower pretrain.batch_size", rows, p.batch_size)
+    spent = budget(rows, p.batch_size, res.workers, p.accum_steps, p.epochs, p.steps)
+    if spent["epochs"] != p.epochs:  # pretrain.steps: the epochs that reach it on this pool
+        p = p.model_copy(update={"epochs": spent["epochs"], "warmup_epochs": min(p.warmup_epochs, spent["epochs"] - 1),
+                                 "checkpoint_every": min(p.checkpoint_every, spent["epochs"])})
+        cfg = cfg.model_copy(update={"pretrain": p})
+        log.info("pretrain.steps=%d: %d epochs of %d steps on %d images", p.steps, p.epochs, spent["steps_per_epoch"],
+                 rows)
     name = name or f"pretrain-{p.method}-{p.source}-{cfg.pretrain.digest()[:8]}"
     storage = train_storage(cfg, storage)
     params = {**flatten(p), "rows": rows, "run_name": name}
@@ -149,6 +157,7 @@ def run_pretrain(cfg: Config, out: str | Path, *, regions: Optional[str | Path] 
         fit_started = time.time()
         state = fit(loop_config, images, res, name, storage, max_failures, p.keep_checkpoints)
         record = write_encoder(stage, cfg, method, state, {"rows": rows, "run_name": name, "storage": storage,
+                                                           "budget": spent,
                                                    "startup": startup_seconds(fit_started, state.get("timeline", {})),
                                                    "mlflow_run_id": run.info.run_id})
         log_results(stage, {}, FILES)
@@ -195,6 +204,7 @@ def write_encoder(stage: Path, cfg: Config, method, state: dict, run: dict) -> d
         "storage": run["storage"], "final_loss": state["history"][-1]["loss"] if state["history"] else None,
         "skipped_steps": state["guard"]["skipped"], "rollbacks": state["guard"]["rollbacks"],
         "lr_factor": state["guard"]["lr_factor"], "resumed": state["resumed"], "startup": run["startup"],
+        "budget": run["budget"],
         "weights_digest": file_digest(stage / "encoder.pt"), "mlflow_run_id": run["mlflow_run_id"],
     }
     (stage / "encoder.json").write_text(json.dumps(record, indent=2))
