@@ -149,8 +149,8 @@ def test_layer_decay_scales_grow_with_depth():
     assert [s[n] for n in chain] == pytest.approx([0.75**k for k in range(5, -1, -1)])
     assert min(s.values()) == s["patch_embed1.proj.weight"]
     assert s["patch_embed2.proj.weight"] == s["blocks2.0.attn.weight"]  # an embedding joins its stage's first block
-    assert s["patch_embed4.weight"] == s["blocks3.0.mlp.fc1.weight"] and s["norm.weight"] == s["blocks3.1.norm1.weight"]
-    assert s["fc_norm.weight"] == s["head.bias"] == 1.0
+    assert s["patch_embed4.weight"] == s["blocks3.0.mlp.fc1.weight"]
+    assert s["norm.weight"] == s["fc_norm.weight"] == s["head.bias"] == 1.0  # the final norms: MAE's full rate
 
 
 def test_image_size_not_a_multiple_of_16_is_refused():
