@@ -24,6 +24,8 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+
+import pyarrow.parquet as pq
 from typing import Optional, Sequence
 
 from .config import Config, apply_overrides, build_config
@@ -33,6 +35,8 @@ from .ssl.vit import vit_overrides
 from .stage import StageResult, log_results, stage_run, staged_output
 from .stages.finetune import run_finetune
 from .stages.pretrain import run_pretrain
+from .resources import plan
+from .training.schedule import budget
 
 log = logging.getLogger(__name__)
 
@@ -119,13 +123,16 @@ def run_ablation(cfg: Config, labelled: str | Path, out: str | Path, *, regions:
     folds_file = next((d / "folds.json" for d in finetunes.values()), None)
     inputs = {"labelled": labelled, "regions": regions, "selection": selection, "fields": fields}
     params = {"rows": ", ".join(r["name"] for r in rows), **{k: str(v) for k, v in inputs.items()}}
+    trains = any(r["method"] and r["name"] not in finetunes and (r["method"], r["source"]) not in (encoders or {})
+                 for r in rows)
+    steps = pretrain_steps(cfg, selection, plan("pretrain", cfg).workers) if trains else None
     with staged_output(out, overwrite) as stage, stage_run(cfg, "ablation", params) as run:
-        runs = {}
+        runs, budgets = {}, {}
         for row in rows:
             if row["name"] in finetunes:  # a finished run: its record, nothing retrained
                 runs[row["name"]] = load_run(finetunes[row["name"]])
             else:
-                runs[row["name"]] = run_row(stage, cfg, row, inputs, encoders, folds_file)
+                runs[row["name"]], budgets[row["name"]] = run_row(stage, cfg, row, inputs, encoders, folds_file, steps)
                 folds_file = folds_file or stage / row_slug(row) / "finetune" / "folds.json"
             if len({r["folds_digest"] for r in runs.values()}) > 1:
                 raise ValueError(f"row {row['name']!r} was evaluated on other folds than the rows before it: a "
@@ -133,18 +140,25 @@ def run_ablation(cfg: Config, labelled: str | Path, out: str | Path, *, regions:
         pairs = pairs_for(rows)
         write_report(runs, stage, "ActiveSSF ablation", pairs, ablation=table3_rows(rows),
                      level=cfg.evaluate.significance, table2={r["name"]: r["table2"] for r in rows if r["table2"]})
+        budgets = {k: v for k, v in budgets.items() if v}
         record = {"rows": rows, "folds": str(folds_file), "table2": {r["name"]: r["table2"] for r in rows if r["table2"]},
-                  "summary": {k: v["summary"] for k, v in runs.items()}}
+                  "summary": {k: v["summary"] for k, v in runs.items()}, "pretrain_steps": steps, "budgets": budgets,
+                  "equal_budgets": len({b["steps"] for b in budgets.values()}) <= 1}
+        if not record["equal_budgets"]:
+            log.warning("the pretrained rows trained for unequal optimiser steps (%s): a row may win on steps alone",
+                        ", ".join(f"{k} {b['steps']}" for k, b in budgets.items()))
         (stage / "ablation.json").write_text(json.dumps(record, indent=1))
+        with open(stage / "report.md", "a") as fh:
+            fh.write(format_budgets(budgets, steps))
         log_results(stage, {}, FILES)
     return StageResult("ablation", Path(out).resolve(), {**record, "runs": runs, "pairs": pairs}, run.info.run_id,
                        FILES)
 
 
 def run_row(stage: Path, cfg: Config, row: dict, inputs: dict, encoders: Optional[dict],
-            folds_file: Optional[Path]) -> dict:
-    """One row as an MLflow run: its pretraining (unless ``encoders`` has it), then k-fold fine-tuning;
-    returns the fine-tuning record."""
+            folds_file: Optional[Path], steps: Optional[int] = None) -> tuple[dict, Optional[dict]]:
+    """One row as an MLflow run: its pretraining (unless ``encoders`` has it; ``steps`` optimiser steps when
+    given), then k-fold fine-tuning; returns the fine-tuning record and the encoder's budget (or None)."""
     base = cfg.model_dump(mode="json")
     slug = row_slug(row)
     with stage_run(cfg, "ablation-row", {"row": row["name"]}, row["name"]):
@@ -152,7 +166,7 @@ def run_row(stage: Path, cfg: Config, row: dict, inputs: dict, encoders: Optiona
         if row["method"]:
             reuse = (encoders or {}).get((row["method"], row["source"]))
             if reuse is None:
-                pcfg = build_config(row_pretrain(base, row))
+                pcfg = build_config(row_pretrain(base, row, steps))
                 run_pretrain(pcfg, stage / slug / "encoder", regions=inputs["regions"],
                              selection=inputs["selection"], fields=inputs["fields"],
                              name=f"ablation-{slug}-{pcfg.pretrain.digest()[:8]}")
@@ -160,16 +174,48 @@ def run_row(stage: Path, cfg: Config, row: dict, inputs: dict, encoders: Optiona
             over.append(f"finetune.init={reuse}")
         result = run_finetune(build_config(apply_overrides(base, over)), inputs["labelled"], stage / slug / "finetune",
                               folds_file=folds_file, name=f"ablation-{slug}")
-        return dict(result.summary)
+        return dict(result.summary), (encoder_budget(Path(reuse)) if row["method"] else None)
 
 
-def row_pretrain(base: dict, row: dict) -> dict:
-    """The pretraining config of a row: its method and source; ``pretrain.options`` belong to the configured
-    method, so a row of another method uses that method's own defaults."""
-    p = {**base["pretrain"], "method": row["method"], "source": row["source"]}
+def row_pretrain(base: dict, row: dict, steps: Optional[int] = None) -> dict:
+    """The pretraining config of a row: its method and source (and ``steps``, the ablation's equal budget);
+    ``pretrain.options`` belong to the configured method, so a row of another method uses its defaults."""
+    p = {**base["pretrain"], "method": row["method"], "source": row["source"], "steps": steps}
     if row["method"] != base["pretrain"]["method"]:
         p["options"] = {}
     return {**base, "pretrain": p}
+
+
+def pretrain_steps(cfg: Config, selection: Optional[str | Path], workers: int) -> Optional[int]:
+    """The optimiser steps every pretraining row gets (``evaluate.equal_steps``): ``pretrain.steps`` when set,
+    else what the selected regions take in ``pretrain.epochs`` on ``workers``; None (epochs) without equal
+    steps or a selection to size them from."""
+    p = cfg.pretrain
+    if not cfg.evaluate.equal_steps or p.steps:
+        return p.steps
+    if selection is None:
+        return None
+    kept = sum(pq.read_table(Path(selection) / "selection", columns=["selected"]).column("selected").to_pylist())
+    return budget(kept, p.batch_size, workers, p.accum_steps, p.epochs, None)["steps"]
+
+
+def encoder_budget(encoder: Path) -> Optional[dict]:
+    """The training budget a pretraining output recorded (None for encoders from before budgets)."""
+    record = encoder / "encoder.json"
+    return json.loads(record.read_text()).get("budget") if record.is_file() else None
+
+
+def format_budgets(budgets: dict[str, dict], steps: Optional[int]) -> str:
+    """The report's table of what each pretrained row trained for."""
+    if not budgets:
+        return ""
+    rule = f"equal optimiser steps ({steps})" if steps else "pretrain.epochs on every pool"
+    lines = ["", "## Pretraining budgets", "", f"Rows pretrained with {rule}.", "",
+             "| Row | Epochs | Optimiser steps | Images seen |", "|---|---|---|---|"]
+    lines += [f"| {k} | {b['epochs']} | {b['steps']} | {b['images_seen']} |" for k, b in budgets.items()]
+    if len({b["steps"] for b in budgets.values()}) > 1:
+        lines += ["", "**The rows trained for unequal steps: a row may win on steps alone.**"]
+    return "\n".join(lines) + "\n"
 
 
 def row_slug(row: dict) -> str:

@@ -344,6 +344,9 @@ class EvaluateConfig(Section):
     rare_share: float = Field(0.03, ge=0, le=1, description="classes below this share are rare")
     common_share: float = Field(0.15, ge=0, le=1, description="classes above this share are common")
     significance: float = Field(0.05, gt=0, lt=1, description="paired t-test level")
+    equal_steps: bool = Field(True, description="ablation rows pretrain for the same optimiser steps: pretrain.steps, "
+                              "or what the selected regions take in pretrain.epochs; false: pretrain.epochs on every "
+                              "pool (the paper's reading, which gives larger pools more steps)")
     cnn_baseline: str = Field("resnet50", min_length=1,
                               description="timm CNN of Table II's supervised ResNet row (ablation --baselines resnet)")
 

@@ -67,3 +67,28 @@ def test_a_subset_of_rows_pairs_with_what_is_there():
     assert pairs_for(rows_for(["mae"]))["MAE + CRF + ASS"] == "MAE"
     with pytest.raises(ValueError, match=r"unknown ablation rows \['MAE \+ ASS'\].*'MAE \+ CRF \+ ASS'"):
         pick_rows(rows_for(["mae"]), ["MAE + ASS"])
+
+
+def test_ablation_rows_pretrain_for_the_steps_the_selected_pool_takes(tmp_path):
+    """evaluate.equal_steps: every row gets the optimiser steps of the selected regions at pretrain.epochs
+    (pretrain.steps when set; None, i.e. epochs, when switched off); the report lists each row's budget."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from activessf.ablation import format_budgets, pretrain_steps, row_pretrain
+    from activessf.config import load_config
+
+    (tmp_path / "selection").mkdir()
+    pq.write_table(pa.table({"region_id": [str(i) for i in range(100)], "selected": [i < 40 for i in range(100)]}),
+                   tmp_path / "selection" / "part-0.parquet")
+    cfg = load_config(overrides=["pretrain.batch_size=8", "pretrain.epochs=10"])
+    assert pretrain_steps(cfg, tmp_path, workers=1) == 50  # 40 selected regions: 5 steps per epoch, 10 epochs
+    assert pretrain_steps(load_config(overrides=["pretrain.steps=77"]), tmp_path, 1) == 77
+    assert pretrain_steps(load_config(overrides=["evaluate.equal_steps=false"]), tmp_path, 1) is None
+    base = json.loads(json.dumps(cfg.model_dump(mode="json")))
+    assert row_pretrain(base, {"method": "mae", "source": "fields"}, 50)["pretrain"]["steps"] == 50
+    text = format_budgets({"MAE": {"epochs": 1, "steps": 60, "images_seen": 480},
+                           "MAE + CRF + ASS": {"epochs": 10, "steps": 50, "images_seen": 400}}, 50)
+    assert "| MAE + CRF + ASS | 10 | 50 | 400 |" in text and "unequal steps" in text
