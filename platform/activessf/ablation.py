@@ -25,7 +25,6 @@ import json
 import logging
 from pathlib import Path
 
-import pyarrow.parquet as pq
 from typing import Optional, Sequence
 
 from .config import Config, apply_overrides, build_config
@@ -34,7 +33,7 @@ from .ssl import METHODS
 from .ssl.vit import vit_overrides
 from .stage import StageResult, log_results, stage_run, staged_output
 from .stages.finetune import run_finetune
-from .stages.pretrain import run_pretrain
+from .stages.pretrain import run_pretrain, selected_ids
 from .resources import plan
 from .training.schedule import budget
 
@@ -195,7 +194,7 @@ def pretrain_steps(cfg: Config, selection: Optional[str | Path], workers: int) -
         return p.steps
     if selection is None:
         return None
-    kept = sum(pq.read_table(Path(selection) / "selection", columns=["selected"]).column("selected").to_pylist())
+    kept = len(selected_ids(Path(selection)))
     return budget(kept, p.batch_size, workers, p.accum_steps, p.epochs, None)["steps"]
 
 
