@@ -55,13 +55,14 @@ def plain_loop(images: np.ndarray, cfg) -> list[float]:
     from activessf.ssl.augment import make_views
     from activessf.training.engine import Schedule, snapshot, ssl_inputs, ssl_loss, train_one_epoch
     from activessf.training.guard import NonFiniteGuard
-    from activessf.training.optim import param_groups
+    from activessf.training.optim import layer_decay_groups
     from activessf.training.schedule import scaled_lr
 
     p = cfg.pretrain
     torch.manual_seed(0)
     method = build_method(p)
-    opt = torch.optim.AdamW(param_groups(method, p.weight_decay, method.no_weight_decay()), betas=(0.9, 0.95))
+    groups = layer_decay_groups(method, p.weight_decay, p.layer_decay, method.encoder(), method.no_weight_decay())
+    opt = torch.optim.AdamW(groups, betas=(0.9, 0.95))
     scaler = torch.amp.GradScaler("cuda", enabled=False)  # as the platform's CPU workers
     prepare = ssl_inputs(make_views(method, p.image_size), torch.device("cpu"))
     x_all = torch.from_numpy(images)  # uint8 (N, S, S, 3), as the workers' feed yields it

@@ -37,8 +37,14 @@ def test_the_demo_job_runs_the_whole_method_on_the_head(demo_job, repo):
     assert "succeeded" in status.stdout.lower()
 
     record = json.loads((work / "pipeline" / "pipeline.json").read_text())
-    assert set(record["stages"]) == {"filter", "embed-regions", "embed-labelled", "select", "pretrain", "finetune",
-                                     "register"}
+    # no embed.weights: selection runs on label-free features (select.bootstrap), round 0 of the bootstrap
+    assert set(record["stages"]) == {"filter", "bootstrap", "pretrain", "finetune", "register"}
+    selection = work / "bootstrap" / "round0" / "selection"
+    assert record["selection"] == str(selection)
+    rounds = record["stages"]["bootstrap"]["summary"]["rounds"]
+    assert len(rounds) == 1 and rounds[0]["encoder"] == str(work / "bootstrap" / "round0" / "encoder")
+    embedded = json.loads((work / "bootstrap" / "round0" / "embeddings" / "regions" / "embed.json").read_text())
+    assert not embedded["random_init"] and embedded["encoder"]["source"] == "filtered"
     assert all(set(s) == {"stage", "output", "mlflow_run_id", "summary"} for s in record["stages"].values())
     assert record["ray"]["started_local"] is False  # the job joined the head, it did not start its own Ray
     # py_modules carried the library: workers import it from the job's runtime resources, not the checkout
@@ -61,7 +67,8 @@ def test_the_demo_job_runs_the_whole_method_on_the_head(demo_job, repo):
     assert 0 < stage3["summary"]["totals"]["selected"] <= stage3["summary"]["totals"]["regions"]
     assert stage3["summary"]["totals"]["regions"] == stage1["summary"]["regions_kept"]
     assert len(stage3["summary"]["clusters"]) == 11 and stage3["summary"]["prototypes"]["labelled"] == 55
-    assert (work / "selection" / "prototypes.npz").is_file() and (work / "selection" / "evidence.json").is_file()
+    assert (selection / "prototypes.npz").is_file() and (selection / "evidence.json").is_file()
+    assert stage3["summary"]["prototypes"]["weights_digest"] == embedded["weights_digest"]  # not random-init
     assert "Stages 2-3, prototypes and active sample selection" in out and "threshold" in out
     table2 = summary["stages"]["finetune"]["table2"]
     assert "| ViT |" in table2 and "| MAE w/ ActiveSSF |" in table2 and table2 in out  # Table II: w/ vs scratch
@@ -79,7 +86,10 @@ def test_the_demo_job_runs_the_whole_method_on_the_head(demo_job, repo):
     assert parent_of["pipeline"] == run.info.run_id and parent_of["filter-eval-megakaryocyte"] == run.info.run_id
     pipeline_id = runs.loc[runs["tags.mlflow.runName"] == "pipeline", "run_id"].iloc[0]
     assert pipeline_id == record["mlflow"]["run_id"]
-    assert parent_of["filter"] == parent_of["select"] == parent_of["register-jobtest"] == pipeline_id
+    assert parent_of["filter"] == parent_of["bootstrap"] == parent_of["register-jobtest"] == pipeline_id
+    bootstrap_id = runs.loc[runs["tags.mlflow.runName"] == "bootstrap", "run_id"].iloc[0]
+    round0 = runs.loc[runs["tags.mlflow.runName"] == "bootstrap-round0", "run_id"].iloc[0]
+    assert parent_of["bootstrap-round0"] == bootstrap_id and parent_of["select"] == round0
     # the demo ends in the registry, printing the command that serves its model
     reg = summary["stages"]["register"]["summary"]
     assert reg["model"] == "jobtest" and reg["promoted"] and reg["alias"] == "champion"

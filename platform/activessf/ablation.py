@@ -10,7 +10,7 @@ Rows, each one MLflow run (its pretraining and k folds nested under it):
 - for MAE also ``MAE + CRF`` (filtered regions, no selection): Table III's middle row.
 
 Table II lists the baselines and "M w/o ActiveSSF" / "M w/ ActiveSSF" for every
-method, marking a significant gain of w/ over w/o (paired t-test on the folds);
+method, marking a significant gain of w/ over w/o (corrected resampled t-test over the splits);
 Table III the MAE rows. The ViT rows fine-tune the encoder their method exported
 (``encoder.json`` names its architecture), so rows of one method differ only in
 what the encoder was pretrained on.
@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .config import Config, apply_overrides, build_config
+from .evaluation.provenance import check_evaluation, selection_sources, weights_sources
 from .evaluation.report import load_run, write_report
 from .ssl import METHODS
 from .ssl.vit import vit_overrides
@@ -124,6 +125,8 @@ def run_ablation(cfg: Config, labelled: str | Path, out: str | Path, *, regions:
     params = {"rows": ", ".join(r["name"] for r in rows), **{k: str(v) for k, v in inputs.items()}}
     trains = any(r["method"] and r["name"] not in finetunes and (r["method"], r["source"]) not in (encoders or {})
                  for r in rows)
+    labels = label_check(cfg, labelled, rows, selection, encoders)  # refuses before any training
+    params.update(label_check=labels["status"], leaked_cells=labels["leaked_cells"])
     steps = pretrain_steps(cfg, selection, plan("pretrain", cfg).workers) if trains else None
     with staged_output(out, overwrite) as stage, stage_run(cfg, "ablation", params) as run:
         runs, budgets = {}, {}
@@ -140,7 +143,8 @@ def run_ablation(cfg: Config, labelled: str | Path, out: str | Path, *, regions:
         write_report(runs, stage, "ActiveSSF ablation", pairs, ablation=table3_rows(rows),
                      level=cfg.evaluate.significance, table2={r["name"]: r["table2"] for r in rows if r["table2"]})
         budgets = {k: v for k, v in budgets.items() if v}
-        record = {"rows": rows, "folds": str(folds_file), "table2": {r["name"]: r["table2"] for r in rows if r["table2"]},
+        record = {"rows": rows, "folds": str(folds_file), "label_check": labels,
+                  "table2": {r["name"]: r["table2"] for r in rows if r["table2"]},
                   "summary": {k: v["summary"] for k, v in runs.items()}, "pretrain_steps": steps, "budgets": budgets,
                   "equal_budgets": len({b["steps"] for b in budgets.values()}) <= 1}
         if not record["equal_budgets"]:
@@ -152,6 +156,17 @@ def run_ablation(cfg: Config, labelled: str | Path, out: str | Path, *, regions:
         log_results(stage, {}, FILES)
     return StageResult("ablation", Path(out).resolve(), {**record, "runs": runs, "pairs": pairs}, run.info.run_id,
                        FILES)
+
+
+def label_check(cfg: Config, labelled: str | Path, rows: list[dict], selection: Optional[str | Path],
+                encoders: Optional[dict]) -> dict:
+    """``evaluation.provenance``'s check of the rows' encoders: pretrained on ``selection`` (whose features or
+    sweep may have learned from labelled cells) or reused from ``encoders``; a refusal names the fix."""
+    encoders = encoders or {}
+    sources = [s for enc in encoders.values() for s in weights_sources(str(enc))]
+    if selection and any(r["source"] == "selected" and (r["method"], "selected") not in encoders for r in rows):
+        sources += selection_sources(selection)
+    return check_evaluation(labelled, sources, cfg.evaluate.allow_leak)
 
 
 def run_row(stage: Path, cfg: Config, row: dict, inputs: dict, encoders: Optional[dict],
@@ -210,8 +225,9 @@ def format_budgets(budgets: dict[str, dict], steps: Optional[int]) -> str:
         return ""
     rule = f"equal optimiser steps ({steps})" if steps else "pretrain.epochs on every pool"
     lines = ["", "## Pretraining budgets", "", f"Rows pretrained with {rule}.", "",
-             "| Row | Epochs | Optimiser steps | Images seen |", "|---|---|---|---|"]
-    lines += [f"| {k} | {b['epochs']} | {b['steps']} | {b['images_seen']} |" for k, b in budgets.items()]
+             "| Row | Epochs | Optimiser steps | Images seen | Wall time (s) |", "|---|---|---|---|---|"]
+    lines += [f"| {k} | {b['epochs']} | {b['steps']} | {b['images_seen']} | {b.get('seconds', 'n/a')} |"
+              for k, b in budgets.items()]
     if len({b["steps"] for b in budgets.values()}) > 1:
         lines += ["", "**The rows trained for unequal steps: a row may win on steps alone.**"]
     return "\n".join(lines) + "\n"

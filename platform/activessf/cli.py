@@ -8,10 +8,12 @@
     activessf embed --regions FILTER_OUT | --labelled DIR|CSV --out DIR
     activessf select --embeddings DIR (--labelled DIR | --prototypes NPZ) --out DIR [--regions FILTER_OUT]
     activessf select-eval --selection DIR --regions DIR --boxes GT
-    activessf features --labelled DIR|CSV --out DIR     supervised features trained on T
+    activessf bootstrap --regions DIR --labelled DIR --out DIR   selection on label-free features, in rounds
+    activessf split --labelled DIR|CSV --out DIR [--share 0.3]   tune.csv (features, sweeps) and eval.csv
+    activessf features --labelled DIR|CSV --out DIR     supervised features trained on T (on a split's tune.csv)
     activessf pretrain --regions DIR --selection DIR --out DIR [--name RUN] [--set pretrain.method=mocov3]
     activessf finetune --labelled DIR --out DIR [--init ENCODER_DIR] [--folds folds.json]
-    activessf compare RUN_A RUN_B            paired t-tests over the same folds
+    activessf compare RUN_A RUN_B            t-tests over the same splits (corrected and paired)
     activessf ablation --labelled DIR --regions DIR --selection DIR --fields DIR --out DIR
     activessf sweep --space tune_spaces/selection.yaml --regions R --embeddings E --labelled-embeddings LE
                     --labelled L --out DIR          (or --space tune_spaces/filter.yaml --input IMGS --boxes ANN)
@@ -285,6 +287,37 @@ def run_select_cmd(args) -> int:
     return 0
 
 
+def _bootstrap_args(p):
+    p.add_argument("--regions", required=True, type=Path, help="filter output (`activessf filter`)")
+    p.add_argument("--labelled", required=True, type=Path, help="labelled cells: ImageFolder directory or CSV")
+    p.add_argument("--boxes", type=Path, help="optional ground truth (synthetic ground_truth.json or VOC): adds "
+                   "the rare-class and distractor shares per round, against random selection")
+    p.add_argument("--label", default="megakaryocyte", help="ground-truth label of the cells of interest")
+    p.add_argument("--rare", default="CA-MK,HL-MK", help="comma-separated rare classes (default: the paper's)")
+    p.add_argument("--image-labels", type=Path, help="CSV image,subtype when subtypes name images (e.g. BCCD)")
+    p.add_argument("--storage", help="Ray Train storage (shared NFS path or s3:// URI on clusters)")
+    add_output_args(p)
+
+
+@command("bootstrap")(_bootstrap_args)
+def run_bootstrap_cmd(args) -> int:
+    """Stages 2-3 on label-free features: rounds of pretrain -> embed -> select (select.rounds)."""
+    from .bootstrap import format_rounds, run_bootstrap
+    from .stages.select_eval import read_image_labels, region_classes
+
+    cfg = start_stage(args)
+    truth = None
+    if args.boxes:
+        labels = read_image_labels(args.image_labels) if args.image_labels else None
+        truth = region_classes(args.regions, args.boxes, args.label, image_labels=labels)
+    result = run_bootstrap(cfg, args.regions, args.labelled, args.out, truth=truth,
+                           rare=frozenset(filter(None, args.rare.split(","))), storage=args.storage,
+                           overwrite=args.overwrite)
+    print(format_rounds(result.summary))
+    print(f"outputs in {args.out}; the last round's selection: {result['selection']}")
+    return 0
+
+
 def _pretrain_args(p):
     p.add_argument("--regions", type=Path, help="filter output (sources `selected` and `filtered`)")
     p.add_argument("--selection", type=Path, help="select output (source `selected`, the default)")
@@ -311,7 +344,7 @@ def run_pretrain_cmd(args) -> int:
 def _finetune_args(p):
     p.add_argument("--labelled", required=True, type=Path, help="labelled cells: ImageFolder directory or CSV")
     p.add_argument("--init", help="pretrained encoder (a `pretrain` output dir), weights file or MLflow URI")
-    p.add_argument("--folds", type=Path, help="reuse this folds.json (identical folds for compared runs)")
+    p.add_argument("--folds", type=Path, help="reuse this folds.json (identical splits for compared runs; it decides k and repeats)")
     p.add_argument("--name", help="run name")
     p.add_argument("--storage", help="Ray Train storage (shared on clusters)")
     add_output_args(p)
@@ -341,7 +374,7 @@ def _compare_args(p):
 
 @command("compare")(_compare_args)
 def run_compare(args) -> int:
-    """Paired t-tests over folds between two fine-tuning runs (B vs A), as in Table II."""
+    """B vs A over the same splits: the corrected resampled t-test (it decides) and the paper's paired t-test."""
     from .evaluation.report import compare_runs, format_comparison, load_run
 
     cfg = config_from(args)
@@ -447,13 +480,54 @@ def _features_args(p):
 
 @command("features")(_features_args)
 def run_features(args) -> int:
-    """Train supervised features on the labelled set (for sites without pretrained weights)."""
+    """Train supervised features on labelled cells (for sites without pretrained weights); the cells they
+    learned from go to OUT/label_ids.json and, with features.json, to an MLflow run."""
     from .features.supervised import train_supervised
+    from .stage import log_results, stage_run
 
     cfg = config_from(args)
-    path = train_supervised(args.labelled, args.out, cfg, epochs=args.epochs, image_size=args.size)
-    print(f"supervised features trained on {args.labelled}: {path}")
-    print(f"use them with: --set embed.weights={path} --set embed.backbone={cfg.embed.backbone}")
+    params = {"labelled": str(args.labelled), "backbone": cfg.embed.backbone, "epochs": args.epochs,
+              "image_size": args.size}
+    with stage_run(cfg, "features", params):
+        path = train_supervised(args.labelled, args.out, cfg, epochs=args.epochs, image_size=args.size)
+        labels = json.loads((args.out / "label_ids.json").read_text())
+        log_results(args.out, {"labelled_cells": labels["cells"]}, ("features.json", "label_ids.json"),
+                    params={"label_ids_digest": labels["digest"]})
+    print(f"supervised features trained on {args.labelled} ({labels['cells']} cells: label_ids.json): {path}")
+    print(f"use them with: --set embed.weights={path.resolve()} --set embed.backbone={cfg.embed.backbone}")
+    print("evaluation refuses to score these cells: evaluate on the cells of a split they were not trained on")
+    return 0
+
+
+def _split_args(p):
+    p.add_argument("--labelled", required=True, type=Path, help="labelled cells: ImageFolder directory or CSV")
+    p.add_argument("--share", type=float, default=0.3, help="share of each class to tune on (features, sweeps)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the per-class draws")
+    p.add_argument("--min-per-class", type=int, help="cells of a class evaluation keeps at least (default: "
+                   "evaluate.folds); a class too small for that is evaluated only")
+    add_output_args(p)
+
+
+@command("split")(_split_args)
+def run_split(args) -> int:
+    """Split the labelled set once: tune.csv to learn from (features, sweeps), eval.csv to evaluate on."""
+    from .data.labelled import list_labelled
+    from .data.split import split_labelled, write_split
+    from .stage import check_output
+
+    cfg = config_from(args)
+    check_output(args.out, args.overwrite)
+    minimum = args.min_per_class or cfg.evaluate.folds
+    split = split_labelled(list_labelled(args.labelled), args.share, args.seed, minimum)
+    record = write_split(split, args.out, {"labelled": str(args.labelled), "share": args.share, "seed": args.seed,
+                                           "min_per_class": minimum})
+    for part in ("tune", "eval"):
+        r = record[part]
+        classes = ", ".join(f"{c} {n}" for c, n in r["classes"].items())
+        print(f"{part}: {r['cells']} cells in {args.out / r['file']} ({classes})")
+    if record["eval_only_classes"]:
+        print(f"evaluated only (too small to split): {', '.join(record['eval_only_classes'])}")
+    print(f"train features and sweep on {args.out / 'tune.csv'}; fine-tune and ablate on {args.out / 'eval.csv'}")
     return 0
 
 

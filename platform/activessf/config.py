@@ -224,7 +224,9 @@ class FilterConfig(Section):
 
 class EmbedConfig(Section):
     backbone: str = Field("resnet50", min_length=1, description="any timm model name")
-    weights: Optional[str] = Field(None, description="local path or MLflow model URI; None = random init")
+    weights: Optional[str] = Field(None, description="a weights file, an `activessf pretrain` output (its encoder "
+                                   "replaces backbone) or an MLflow URI; None = random init, or in `pipeline` and "
+                                   "`bootstrap` features learned without labels (select.bootstrap)")
     image_size: int = Field(224, ge=16, le=1024, description="crops are resized to this square")
     mean: tuple[float, float, float] = Field((0.485, 0.456, 0.406), description="normalisation mean")
     std: tuple[float, float, float] = Field((0.229, 0.224, 0.225), description="normalisation std")
@@ -253,6 +255,14 @@ class SelectConfig(Section):
     ub: float = Field(19.0, ge=0, description="global UB in absolute mode (Sec. III-B: 17 + 2)")
     q_low: float = Field(0.05, ge=0, le=1, description="LB quantile in quantile mode")
     q_high: float = Field(0.95, ge=0, le=1, description="UB quantile in quantile mode")
+    rounds: int = Field(1, ge=1, le=20, description="selection rounds (1 = the paper); each further round "
+                        "pretrains pretrain.method briefly on the last round's selection, re-embeds and reselects")
+    bootstrap: bool = Field(True, description="`pipeline`/`bootstrap` with no embed.weights: round 0 learns label-free "
+                            "features first (pretrain.method on every filtered region); false = a randomly "
+                            "initialised embed.backbone")
+    bootstrap_epochs: int = Field(20, ge=1, description="pretraining epochs of each bootstrap round")
+    bootstrap_steps: Optional[int] = Field(None, ge=1, description="instead: at least this many optimiser steps "
+                                           "per bootstrap round (equal budgets whatever the pool size)")
 
     @model_validator(mode="after")
     def _check(self) -> "SelectConfig":
@@ -287,6 +297,9 @@ class PretrainConfig(Section):
     batch_size: int = Field(64, ge=1, description="global batch (paper: 64)")
     base_lr: float = Field(1e-3, gt=0, le=10, description="lr = base_lr * batch / 256")
     weight_decay: float = Field(0.05, ge=0, le=10, description="AdamW, not on norms and biases")
+    layer_decay: float = Field(0.75, gt=0, le=1, description="layer-wise lr decay of the encoder's blocks (the "
+                               "paper: 0.75 'during both the pre-training and fine-tuning stages'); 1.0 = off, "
+                               "MAE's and MoCo v3's own pretraining recipes. Decoders and heads learn at the full rate")
     accum_steps: int = Field(1, ge=1, le=1024, description="gradient accumulation steps")
     num_workers: Optional[int] = Field(None, ge=1, description="Ray Train workers (None = from cluster)")
     use_gpu: Optional[bool] = Field(None, description="None = use GPUs when the cluster has them")
@@ -341,14 +354,19 @@ class FinetuneConfig(Section):
 class EvaluateConfig(Section):
     folds: int = Field(5, ge=2, le=100, description="stratified k-fold (paper: 5)")
     seed: int = Field(0, ge=0, description="fold seed; identical folds across compared runs")
+    repeats: int = Field(1, ge=1, le=100, description="repeated stratified k-fold: repeat r uses seed + r "
+                         "(paper: 1; a folds.json given with --folds decides instead)")
     rare_share: float = Field(0.03, ge=0, le=1, description="classes below this share are rare")
     common_share: float = Field(0.15, ge=0, le=1, description="classes above this share are common")
-    significance: float = Field(0.05, gt=0, lt=1, description="paired t-test level")
+    significance: float = Field(0.05, gt=0, lt=1, description="level of the comparisons' t-tests (* marks)")
     equal_steps: bool = Field(True, description="ablation rows pretrain for the same optimiser steps: pretrain.steps, "
                               "or what the selected regions take in pretrain.epochs; false: pretrain.epochs on every "
                               "pool (the paper's reading, which gives larger pools more steps)")
     cnn_baseline: str = Field("resnet50", min_length=1,
                               description="timm CNN of Table II's supervised ResNet row (ablation --baselines resnet)")
+    allow_leak: bool = Field(False, description="fine-tuning and the ablation refuse to score labelled cells that "
+                             "the features or the sweep behind the evaluated selection learned from (use `activessf "
+                             "split`); true scores them anyway, optimistically, and the outputs record the leak")
 
 
 class SweepConfig(Section):
@@ -361,7 +379,11 @@ class SweepConfig(Section):
     pretrain_epochs: int = Field(2, ge=1, description="epochs of pretraining per selection trial")
     num_workers: int = Field(1, ge=1, description="Ray Train workers per selection trial")
     probe: Literal["linear", "knn"] = Field("linear", description="objective of a selection trial: probe kind")
-    probe_fold: int = Field(0, ge=0, description="which evaluate.folds fold the probe holds out")
+    probe_fold: int = Field(0, ge=0, description="which evaluate.folds fold of the sweep's --labelled cells the "
+                            "probe holds out (sweep on a split's tune.csv, never on the cells evaluated later)")
+    tuned_on: list[str] = Field(default_factory=list, description="set by `activessf sweep` in best.yaml, not by "
+                                "hand: the label_ids.json of the labelled cells its probe scored the trials on; "
+                                "evaluations of a selection made with these settings refuse those cells")
     iou: float = Field(0.3, gt=0, le=1, description="filter sweeps: IoU at which a region matches a box")
     filter_images: Optional[int] = Field(None, ge=1, description="filter sweeps: score on this many images (None = all)")
     seed: int = Field(0, ge=0, description="search seed")

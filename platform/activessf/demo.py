@@ -19,6 +19,7 @@ import numpy as np
 
 from . import pipeline
 from .ablation import run_ablation
+from .bootstrap import format_rounds
 from .config import Config, flatten, save_config
 from .data import synth
 from .data.synth import ensure_synthetic
@@ -57,6 +58,10 @@ def format_stages(stages: dict) -> list[str]:
         lines += ["Stage 1, cell region filtering (paper defaults):", filter_summary(f["summary"]),
                   f"megakaryocytes found: recall {e['recall']:.2f}, precision {e['precision']:.2f} at IoU >= 0.3; "
                   f"regions in {f['output']}", ""]
+    if "bootstrap" in stages:
+        lines += ["Stages 2-3 on label-free features (bootstrap: an encoder pretrained on every filtered region, "
+                  "no labels, embeds the regions and the labelled cells):", format_rounds(stages["bootstrap"]["summary"]),
+                  ""]
     if "select" in stages:
         s, e = stages["select"], stages["select"]["evidence"]
         lines += ["Stages 2-3, prototypes and active sample selection:", format_report(s["summary"]),
@@ -106,8 +111,12 @@ def run_demo(cfg: Config, progress: bool = True) -> dict:
         stages["filter"]["eval"] = dict(run_filter_eval(cfg, work / "regions", data_dir,
                                                         work / "regions" / "eval_megakaryocyte.json",
                                                         label="megakaryocyte").summary)
-        stages["select"]["evidence"] = score_selection(work, data_dir)
-        stages["finetune"].update(compare_with_scratch(cfg, data_dir, work))
+        selection = Path(done["selection"])
+        if "select" not in stages:  # bootstrap rounds: the last round's selection is the pipeline's
+            stages["select"] = {"stage": "select", "output": str(selection),
+                                "summary": json.loads((selection / "report.json").read_text())}
+        stages["select"]["evidence"] = score_selection(work, selection, data_dir)
+        stages["finetune"].update(compare_with_scratch(cfg, data_dir, work, selection))
     shutdown_ray()
     summary = {
         "data": str(data_dir),
@@ -124,18 +133,18 @@ def run_demo(cfg: Config, progress: bool = True) -> dict:
     return summary
 
 
-def score_selection(work: Path, data_dir: Path) -> dict:
+def score_selection(work: Path, selection: Path, data_dir: Path) -> dict:
     """Stages 2-3 against the truth: rare subtypes and distractors among the selected regions."""
-    evidence = evaluate_selection(work / "selection", work / "regions", data_dir, "megakaryocyte", {"CA-MK", "HL-MK"})
-    (work / "selection" / "evidence.json").write_text(json.dumps(evidence, indent=2))
+    evidence = evaluate_selection(selection, work / "regions", data_dir, "megakaryocyte", {"CA-MK", "HL-MK"})
+    (selection / "evidence.json").write_text(json.dumps(evidence, indent=2))
     return evidence
 
 
-def compare_with_scratch(cfg: Config, data_dir: Path, work: Path) -> dict:
+def compare_with_scratch(cfg: Config, data_dir: Path, work: Path, selection: Path) -> dict:
     """Stage 5's Table II: the ablation's ViT-from-scratch row on the pipeline's folds, against the
     pipeline's fine-tuning of the stage-4 encoder (reused, not retrained)."""
     res = run_ablation(cfg, data_dir / "labelled", work / "ablation", regions=work / "regions",
-                       selection=work / "selection", rows=["ViT", "MAE + CRF + ASS"], overwrite=True,
+                       selection=selection, rows=["ViT", "MAE + CRF + ASS"], overwrite=True,
                        finetunes={"MAE + CRF + ASS": work / "finetune" / "activessf"})
     return {"table2": format_table2(res["runs"], res["pairs"], cfg.evaluate.significance, res["table2"]),
             "report": str(res.out / "report.html")}

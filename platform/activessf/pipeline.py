@@ -1,11 +1,12 @@
 """The whole method on a user's data, stage after stage: ``activessf pipeline`` and ``jobs/pipeline.py``.
 
     smears ──1 filter──> regions ──2 embed──> embeddings ──3 select──> selection
-    labelled ──2 embed──────────────────────┘                              │
+    labelled ──2 embed──────────────────────┘   (or bootstrap rounds)      │
     selection + regions ──4 pretrain──> encoder ──5 finetune (k folds + final fit)──> model ──register──> registry
 
-Outputs under ``<work_dir>/``: ``regions/``, ``embeddings/{regions,labelled}/``,
-``selection/``, ``encoder/``, ``finetune/activessf/`` (with ``model/``) and
+Outputs under ``<work_dir>/``: ``regions/``, ``embeddings/{regions,labelled}/`` and
+``selection/`` (or, bootstrapping, ``bootstrap/round<r>/`` with each round's encoder,
+embeddings and selection), ``encoder/``, ``finetune/activessf/`` (with ``model/``) and
 ``pipeline.json`` (what ran, where its outputs are, the registration decision).
 Each stage is the same function its own command runs, with the same outputs;
 the run is one MLflow run with every stage nested.
@@ -18,7 +19,9 @@ import logging
 import time
 from pathlib import Path
 
+from .bootstrap import bootstraps, run_bootstrap
 from .config import Config, apply_overrides, build_config, save_config
+from .evaluation.provenance import check_evaluation, config_sources
 from .runtime import init_ray
 from .serving import registry
 from .ssl.vit import vit_overrides
@@ -40,10 +43,17 @@ def finetune_config(cfg: Config, encoder: Path | None, final_fit: bool = False) 
     return build_config(apply_overrides(cfg.model_dump(mode="json"), over))
 
 
+def selection_dir(cfg: Config, work: Path) -> Path:
+    """Where the pipeline's selection is: ``work/selection``, or the last bootstrap round's."""
+    return work / "bootstrap" / f"round{cfg.select.rounds - 1}" / "selection" if bootstraps(cfg) else work / "selection"
+
+
 def steps(cfg: Config, smears: str, labelled: Path, work: Path) -> dict:
-    """The stages in order, each the same function its own command runs, on the outputs before it."""
-    return {
-        "filter": lambda: run_filter(cfg, smears, work / "regions", overwrite=True),
+    """The stages in order, each the same function its own command runs, on the outputs before it. With
+    ``select.rounds`` > 1, or no ``embed.weights`` and ``select.bootstrap`` on, embedding and selection run
+    as bootstrap rounds (``work/bootstrap/``) and pretraining uses the last round's selection."""
+    selection = selection_dir(cfg, work)
+    select = {
         "embed-regions": lambda: run_embed(cfg, "regions", work / "regions", work / "embeddings" / "regions",
                                            overwrite=True),
         "embed-labelled": lambda: run_embed(cfg, "labelled", labelled, work / "embeddings" / "labelled",
@@ -51,7 +61,14 @@ def steps(cfg: Config, smears: str, labelled: Path, work: Path) -> dict:
         "select": lambda: run_select(cfg, work / "embeddings" / "regions", work / "selection",
                                      labelled_embeddings=work / "embeddings" / "labelled", regions=work / "regions",
                                      overwrite=True),
-        "pretrain": lambda: run_pretrain(cfg, work / "encoder", regions=work / "regions", selection=work / "selection",
+    }
+    if bootstraps(cfg):
+        select = {"bootstrap": lambda: run_bootstrap(cfg, work / "regions", labelled, work / "bootstrap",
+                                                     storage=str(work / "ray_results"), overwrite=True)}
+    return {
+        "filter": lambda: run_filter(cfg, smears, work / "regions", overwrite=True),
+        **select,
+        "pretrain": lambda: run_pretrain(cfg, work / "encoder", regions=work / "regions", selection=selection,
                                          name=f"{work.name}-{cfg.pretrain.method}-{cfg.pretrain.digest()[:8]}",
                                          storage=str(work / "ray_results"), overwrite=True),
         "finetune": lambda: run_finetune(finetune_config(cfg, work / "encoder", final_fit=True), labelled,
@@ -66,6 +83,8 @@ def run_pipeline(cfg: Config, smears: str, labelled: Path, register: bool = True
     the record written to ``pipeline.json``, with each stage's :class:`StageResult` under ``stages``."""
     started = time.time()
     work = Path(cfg.run.work_dir).resolve()
+    # stage 5 would refuse to evaluate cells the selection's features or sweep learned from: say so before stage 1
+    check_evaluation(labelled, config_sources(cfg.embed.weights, cfg.sweep.tuned_on), cfg.evaluate.allow_leak)
     ray_rt = init_ray(cfg.run.ray_num_cpus)
     init_mlflow(work, cfg.run.experiment)
     save_config(cfg, work / "pipeline")
@@ -80,6 +99,7 @@ def run_pipeline(cfg: Config, smears: str, labelled: Path, register: bool = True
             seconds[name] = round(time.time() - t0, 1)
             log.info("pipeline: %s done in %.1f s", name, seconds[name])
         record = {"smears": smears, "labelled": str(labelled), "work_dir": str(work),
+                  "selection": str(selection_dir(cfg, work)),
                   "stages": {k: v.to_json() for k, v in stages.items()},
                   "ray": {"started_local": ray_rt.started_local, "cpus": ray_rt.cpus, "gpus": ray_rt.gpus},
                   "mlflow": {"tracking_uri": tracking_uri(work), "run_id": run.info.run_id},

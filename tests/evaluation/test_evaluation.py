@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from activessf.evaluation.folds import assign_folds, load_folds, save_folds
+from activessf.evaluation.folds import assign_folds, folds_digest, load_folds, save_folds
 from activessf.evaluation.metrics import class_groups, fold_metrics, summarise
 from activessf.evaluation.stats import mark, paired_ttest
 
@@ -19,9 +19,9 @@ def test_folds_are_stratified_deterministic_and_order_independent(tmp_path):
         members = [lab for i, lab in zip(ids, labels) if f1[i] == fold]
         assert members.count("a") == 6 and members.count("b") == 3 and members.count("c") == 1
     path = save_folds(f1, tmp_path / "folds.json", {"k": 5, "seed": 0})
-    assert load_folds(path) == f1
-    with pytest.raises(ValueError, match="too few: {'c': 5}"):
-        assign_folds(ids, labels, 6, seed=0)
+    assert load_folds(path) == ([f1], {"k": 5, "seed": 0, "repeats": 1, "digest": folds_digest(f1)})
+    with pytest.raises(ValueError, match="50 samples cannot fill 51 folds: .* lower evaluate.folds"):
+        assign_folds(ids, labels, 51, seed=0)
 
 
 def test_metrics_by_hand():

@@ -19,8 +19,8 @@ def run_record(name: str, skill: float) -> dict:
         y = rng.integers(0, len(CLASSES), 60)
         logits = rng.normal(size=(60, len(CLASSES))) + skill * np.eye(len(CLASSES))[y]
         probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-        folds.append(fold_metrics(y, probs, CLASSES))
-    return {"name": name, "classes": CLASSES, "folds_digest": "same", "summary": summarise(folds, CLASSES),
+        folds.append({"repeat": 0, "fold": k, **fold_metrics(y, probs, CLASSES)})
+    return {"name": name, "classes": CLASSES, "folds_digest": "same", "folds": folds, "summary": summarise(folds, CLASSES),
             "class_groups": {"a": "common", "b": "medium", "c": "rare"}}
 
 

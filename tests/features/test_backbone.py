@@ -74,3 +74,28 @@ def test_supervised_features_train_and_load(tmp_path):
     b = load_backbone("test_resnet", str(path))
     assert b.weights_digest == file_digest(path)
     assert np.isfinite(embed(b, images(), 32, MEAN, STD)).all()
+
+
+def test_a_pretrain_output_is_an_encoder_to_embed_with(tmp_path):
+    """embed.weights = a `pretrain` output: its encoder.json names the architecture (embed.backbone is not
+    used) and the input size (embed.image_size follows it)."""
+    import json
+
+    import timm
+
+    from activessf.config import EmbedConfig
+    from activessf.features.backbone import at_encoder
+
+    kwargs = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2}
+    vit = timm.create_model("vit_tiny_patch16_224", num_classes=0, **kwargs)
+    torch.save(vit.state_dict(), tmp_path / "encoder.pt")
+    (tmp_path / "encoder.json").write_text(json.dumps({"timm_name": "vit_tiny_patch16_224", "timm_kwargs": kwargs,
+                                                       "image_size": 32, "method": "mae"}))
+    b = load_backbone("resnet50", str(tmp_path))
+    assert b.name == "vit_tiny_patch16_224" and b.dim == 64 and b.weights_digest == file_digest(tmp_path / "encoder.pt")
+    with torch.inference_mode():
+        expected = vit.eval()(torch.zeros(1, 3, 32, 32))
+    assert torch.allclose(b.model(torch.zeros(1, 3, 32, 32)), expected)
+    assert at_encoder(EmbedConfig(weights=str(tmp_path), image_size=224)).image_size == 32
+    assert at_encoder(EmbedConfig(image_size=224)).image_size == 224
+    assert load_backbone("resnet50", str(tmp_path / "encoder.pt")).dim == 64  # the file alone finds its record

@@ -124,14 +124,16 @@ def test_every_method_learns_a_fixed_batch_under_ddp_and_exports_into_timm(name,
     from torch.nn.parallel import DistributedDataParallel
 
     from activessf.ssl.augment import make_views
-    from activessf.training.optim import param_groups
+    from activessf.training.optim import layer_decay_groups
+    from activessf.training.schedule import set_lr
 
     options = MOCO_TINY if name == "mocov3" else {"norm_pix_loss": False}
     p = cfg(method=name, options=options, **METHOD_SIZES.get(name, {}))
     torch.manual_seed(0)
     method = build_method(p)
     model = DistributedDataParallel(method)
-    opt = torch.optim.AdamW(param_groups(method, 0.05, skip=method.no_weight_decay()), lr=2e-3)
+    opt = torch.optim.AdamW(layer_decay_groups(method, 0.05, p.layer_decay, method.encoder(), method.no_weight_decay()))
+    set_lr(opt, 2e-3)  # each group at its layer's share of it, as the loop's schedule does
     images = torch.randint(0, 256, (8, 3, p.image_size, p.image_size), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(0))
     views = make_views(method, p.image_size)(images)
@@ -148,3 +150,40 @@ def test_every_method_learns_a_fixed_batch_under_ddp_and_exports_into_timm(name,
     spec = METHODS[name].encoder_spec(p)
     encoder = timm.create_model(spec["timm_name"], pretrained=False, num_classes=0, **spec["timm_kwargs"])
     encoder.load_state_dict(method.export_encoder(), strict=True)
+
+
+# per method at the micro size: (first block, last block, blocks) of its encoder, by parameter name prefix
+BLOCKS = {"mae": ("vit.blocks.0.", "vit.blocks.1.", 2), "mocov3": ("base.blocks.0.", "base.blocks.1.", 2),
+          "convmae": ("convvit.blocks1.0.", "convvit.blocks3.1.", 4),
+          "mixmim": ("mixvit.stages.0.blocks.0.", "mixvit.stages.3.blocks.0.", 4)}
+
+
+def lr_scales(method, decay: float) -> dict[str, float]:
+    """Parameter name -> lr scale of the pretraining optimiser's groups; each trainable parameter once."""
+    from activessf.training.optim import layer_decay_groups
+
+    groups = layer_decay_groups(method, 0.05, decay, method.encoder(), method.no_weight_decay())
+    names = [n for g in groups for n in g["names"]]
+    trainable = {n for n, q in method.named_parameters() if q.requires_grad}
+    assert len(names) == len(set(names)) and set(names) == trainable  # in exactly one group each
+    assert sum(len(g["params"]) for g in groups) == len(trainable)
+    return {n: g["lr_scale"] for g in groups for n in g["names"]}
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_pretraining_decays_the_encoder_blocks_layer_by_layer(name):
+    """pretrain.layer_decay: block i of depth d at decay ** (d - i), the embeddings below the first block;
+    the encoder's final norm and everything outside the encoder (decoder, projector, predictor) at 1."""
+    method = build_method(cfg(method=name, options=MOCO_TINY if name == "mocov3" else {}, **METHOD_SIZES.get(name, {})))
+    first, last, depth = BLOCKS[name]
+    prefix = first.split(".")[0] + "."
+    s = lr_scales(method, 0.75)
+    block = lambda start: [v for k, v in s.items() if k.startswith(start)]  # noqa: E731
+    assert block(first) and block(first) == pytest.approx([0.75**depth] * len(block(first)))
+    assert block(last) and block(last) == pytest.approx([0.75] * len(block(last)))
+    stem = next(k for k in (prefix + "patch_embed.proj.weight", prefix + "patch_embed1.proj.weight") if k in s)
+    assert s[stem] == pytest.approx(0.75 ** (depth + 1))  # the patch embedding: layer 0
+    assert s[prefix + "norm.weight"] == 1.0
+    outside = [k for k in s if not k.startswith(prefix)]
+    assert outside and all(s[k] == 1.0 for k in outside), outside  # the decoder or the MoCo heads
+    assert set(lr_scales(method, 1.0).values()) == {1.0}  # 1.0: off, MAE's own pretraining recipe

@@ -56,7 +56,11 @@ TINY = ["pretrain.method=toy", "pretrain.options={scale: 2.0}", "pretrain.model=
 
 
 def test_a_method_from_outside_the_library_pretrains_and_fine_tunes(embedded, tmp_path):
+    import mlflow
+    import pyarrow.parquet as pq
     from ray import cloudpickle
+
+    from activessf.config import apply_overrides, build_config
 
     from activessf.ablation import rows_for
     from activessf.stages.finetune import run_finetune
@@ -73,8 +77,18 @@ def test_a_method_from_outside_the_library_pretrains_and_fine_tunes(embedded, tm
     assert pre["method"] == "toy" and pre["options"] == {"scale": 2.0} and pre["epochs"] == 1
     assert pre["budget"]["epochs"] == 1 and pre["budget"]["steps"] == pre["rows"] // 8  # recorded with the encoder
     assert torch.isfinite(torch.tensor(pre["final_loss"]))
-    fine = run_finetune(finetune_config(cfg, tmp_path / "encoder"), embedded["data"] / "labelled",
-                        tmp_path / "finetune", name="toy-ft")
+    # 2 repeats of 2-fold cross-validation (evaluate.repeats): 4 Ray Train runs, each a nested MLflow run
+    fcfg = build_config(apply_overrides(finetune_config(cfg, tmp_path / "encoder").model_dump(mode="json"),
+                                        ["evaluate.repeats=2"]))
+    fine = run_finetune(fcfg, embedded["data"] / "labelled", tmp_path / "finetune", name="toy-ft")
     metrics = json.loads((tmp_path / "finetune" / "metrics.json").read_text())
-    assert len(metrics["folds"]) == 2 and fine["init"] == str(tmp_path / "encoder")
-    assert 0 <= fine["summary"]["accuracy"]["mean"] <= 1
+    assert [(m["repeat"], m["fold"]) for m in metrics["folds"]] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert fine["init"] == str(tmp_path / "encoder") and (fine["summary"]["k"], fine["summary"]["repeats"]) == (2, 2)
+    assert 0 <= fine["summary"]["accuracy"]["mean"] <= 1 and len(fine["summary"]["accuracy"]["folds"]) == 4
+    folds = json.loads((tmp_path / "finetune" / "folds.json").read_text())
+    assert folds["repeats"] == 2 and len(folds["folds"]) == 2 and folds["digest"] == metrics["folds_digest"]
+    predictions = pq.read_table(tmp_path / "finetune" / "predictions.parquet").to_pydict()
+    assert sorted(set(zip(predictions["repeat"], predictions["fold"]))) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert len(predictions["id"]) == 2 * len(set(predictions["id"]))  # every sample held out once per repeat
+    children = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{fine.run_id}'", search_all_experiments=True)
+    assert sorted(children["tags.mlflow.runName"]) == [f"toy-ft-r{r}-fold{f}" for r in (0, 1) for f in (0, 1)]

@@ -91,6 +91,8 @@ def test_two_gloo_workers_survive_nan_steps_a_killed_run_and_a_dead_worker(regio
     assert all(h["cuda_initialized"] == 0 for h in history)
     run = mlflow.get_run(rec["mlflow_run_id"])
     assert sorted(m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")) == [3, 4]
+    assert run.data.params["layer_decay"] == "0.75"  # pretrain.layer_decay, the paper's, recorded
+    assert rec["selection"] == str((tmp_path / "sel").resolve())  # what fine-tuning traces labels back through
     assert {"encoder", "reconstructions"} <= {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     vit = timm.create_model(rec["timm_name"], pretrained=False, num_classes=0, **rec["timm_kwargs"])
     vit.load_state_dict(torch.load(tmp_path / "b" / "encoder.pt", weights_only=True), strict=True)

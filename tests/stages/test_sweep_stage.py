@@ -71,6 +71,11 @@ def test_selection_sweep_trains_inside_trials_and_writes_the_best_config(data, t
     assert len(kids) == 3 and set(kids["params.select.alpha"].astype(float)) == {0.0, 0.5, 60.0}
     assert kids["metrics.probe_pr_auc"].notna().sum() == len(ok)
     assert parent["metrics.best_probe_pr_auc"] == pytest.approx(best["score"])
+    # the probe's cells are recorded, and best.yaml carries them to what is selected with it
+    labels = json.loads((tmp_path / "out" / "label_ids.json").read_text())
+    assert labels["cells"] == 55 and parent["params.label_ids_digest"] == labels["digest"]
+    assert best_cfg.sweep.tuned_on == [str((tmp_path / "out" / "label_ids.json").resolve())]
+    assert best["tuned_on"]["cells"] == 55
 
 
 def test_filter_sweep_scores_f1_against_the_boxes(data, tmp_path, store):

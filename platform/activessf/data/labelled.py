@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 from pathlib import Path
+from typing import Iterable
 
 from .sources import IMAGE_SUFFIXES
 
@@ -28,3 +30,19 @@ def list_labelled(spec: str | Path) -> list[tuple[Path, str]]:
             raise ValueError(f"{spec}: no rows")
         return sorted(pairs)
     raise FileNotFoundError(f"{spec}: expected an ImageFolder directory or a CSV of path,label")
+
+
+def cell_id(path: str | Path) -> str:
+    """A labelled cell's id: the digest of its image file's bytes, the same whatever path or copy it is
+    listed under (what `label_ids.json` records and the leakage check compares)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def write_labelled_csv(pairs: Iterable[tuple[Path, str]], path: str | Path) -> Path:
+    """A labelled CSV (``path,label``, absolute paths) that :func:`list_labelled` reads back."""
+    path = Path(path)
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "label"])
+        writer.writerows((str(Path(p).resolve()), label) for p, label in pairs)
+    return path

@@ -1,7 +1,8 @@
 """A timm backbone that maps images to one global-pooled feature vector each.
 
 Weights come from a local file (a state dict, loaded with ``weights_only=True``),
-an MLflow model URI (``models:/name/version``, ``models:/name@alias``,
+the output of ``activessf pretrain`` (its ``encoder.json`` then names the
+architecture, which replaces ``embed.backbone``), an MLflow model URI (``models:/name/version``, ``models:/name@alias``,
 ``runs:/id/path``) whose artifacts hold such a file, or nowhere: then the
 network is randomly initialised and the run says so, loudly, and records it.
 No weights are ever downloaded from a hub.
@@ -10,6 +11,7 @@ No weights are ever downloaded from a hub.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +72,32 @@ def resolve_weights(spec: str) -> Path:
     return found[0]
 
 
+def encoder_record(spec: str | Path) -> tuple[dict | None, Path]:
+    """(encoder.json of a `pretrain` output, weights file) for ``spec``: a `pretrain` output directory, a
+    weights file or an MLflow URI; the record is None for weights that did not come from `pretrain`."""
+    path = Path(spec)
+    if path.is_dir() and (path / "encoder.json").is_file():
+        return json.loads((path / "encoder.json").read_text()), path / "encoder.pt"
+    local = resolve_weights(str(spec))
+    record = local.parent / "encoder.json"
+    return (json.loads(record.read_text()) if record.is_file() else None), local
+
+
+def at_encoder(cfg, size_field: str = "image_size"):
+    """``cfg`` (an embed or fine-tune config section) at the input size of the `pretrain` encoder its
+    weights come from (a ViT's position embedding fixes it); unchanged for other weights or none."""
+    spec = getattr(cfg, "weights", None) or getattr(cfg, "init", None)
+    if not spec:
+        return cfg
+    record, _ = encoder_record(spec)
+    size = (record or {}).get("image_size")
+    if size is None or size == getattr(cfg, size_field):
+        return cfg
+    log.warning("running at %d px, the input size %s was pretrained at (image_size=%d does not apply to a "
+                "pretrained encoder)", size, spec, getattr(cfg, size_field))
+    return cfg.model_copy(update={size_field: size})
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from ``path``; accepts {'state_dict': ...} / {'model': ...} wrappers."""
     if path.suffix == ".safetensors":
@@ -94,20 +122,27 @@ def load_backbone(
 ) -> Backbone:
     """timm model ``name`` with its classifier removed (global-pooled features), in eval mode.
 
+    With the output of ``activessf pretrain`` as ``weights``, the encoder it
+    trained is rebuilt from its ``encoder.json`` and ``name`` is not used.
     The initialisation is seeded, so that without weights every process (every
     Ray actor, every run) builds the *same* random network.
     """
     import timm
 
+    from .. import models  # noqa: F401  (registers our encoder architectures with timm)
+
+    record, path = encoder_record(weights) if weights else (None, None)
+    kwargs = {}
+    if record is not None:
+        name, kwargs = record["timm_name"], dict(record["timm_kwargs"])
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = timm.create_model(name, pretrained=False, num_classes=0)
+            model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
     except RuntimeError as exc:
         raise WeightsError(f"unknown timm model {name!r}: {exc}") from None
     digest = RANDOM_INIT
     if weights:
-        path = resolve_weights(weights)
         state = read_state_dict(path)
         try:
             missing, unexpected = model.load_state_dict(state, strict=False)

@@ -5,7 +5,9 @@ a short cross-entropy training of ``embed.backbone`` on the labelled crops, the
 classifier head dropped, the weights saved as a plain state dict that
 ``embed.weights`` then loads. These are *supervised features trained on T*,
 not the paper's ResNet-50 features, and every output that uses them records
-the weights file's digest.
+the weights file's digest. ``label_ids.json`` beside the weights lists the
+cells they learned from: evaluation refuses to score those cells
+(``evaluation.provenance``), so train them on a split's ``tune.csv``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch import nn
 
 from ..config import Config
 from ..data.labelled import list_labelled
+from ..evaluation.provenance import label_ids_record, refuse_evaluation_part, write_label_ids
 from ..imageio import read_rgb
 from ..training.engine import Schedule, classification_loss, inverse_frequency, train_one_epoch
 from .backbone import file_digest, preprocess
@@ -43,6 +46,7 @@ def train_supervised(labelled: str | Path, out: str | Path, cfg: Config, epochs:
     """
     import timm
 
+    refuse_evaluation_part(labelled, "supervised features")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     pairs = list_labelled(labelled)
@@ -68,9 +72,11 @@ def train_supervised(labelled: str | Path, out: str | Path, cfg: Config, epochs:
         history.append({"epoch": epoch + 1, "loss": stats["loss"], "train_accuracy": stats["train_accuracy"]})
         log.info("supervised features: epoch %d/%d loss %.3f train accuracy %.3f", epoch + 1, epochs,
                  history[-1]["loss"], history[-1]["train_accuracy"])
+    labels = label_ids_record(pairs, "supervised features", labelled)
+    write_label_ids(out, labels)
     return save_features(model, out, cfg, classes, {
         "samples": len(y), "epochs": epochs, "image_size": image_size, "seconds": round(time.time() - started, 1),
-        "history": history})
+        "history": history, "labelled": str(labelled), "label_ids_digest": labels["digest"]})
 
 
 def shuffled(x: torch.Tensor, y: torch.Tensor, batch_size: int, gen: torch.Generator):

@@ -224,7 +224,7 @@ class ConvViT(nn.Module):
         with the stage-3 embedding (``patch_embed3``, ``patch_embed4``, ``pos_embed``) and
         the last with ``norm``; then, unmatched, ``fc_norm`` and ``head``. An embedding
         joins the first block of its stage as timm's Swin and ConvNeXt group a stage's
-        downsampling. ``coarse`` is ignored because ``finetune.model.layer_decay_groups``
+        downsampling. ``coarse`` is ignored because ``training.optim.layer_decay_groups``
         asks for coarse groups from any model without a ``blocks`` attribute.
         """
         return dict(

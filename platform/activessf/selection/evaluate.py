@@ -67,3 +67,12 @@ def _summary(name: str, values: list) -> dict:
         return {f"{name}_mean": None, f"{name}_p2_5": None, f"{name}_p97_5": None}
     return {f"{name}_mean": float(v.mean()), f"{name}_p2_5": float(np.quantile(v, 0.025)),
             f"{name}_p97_5": float(np.quantile(v, 0.975))}
+
+
+def json_safe(obj):
+    """``obj`` with every NaN (a share of nothing, a ratio to zero) as None: valid JSON, comparable."""
+    if isinstance(obj, float) and np.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    return obj

@@ -134,8 +134,11 @@ def embed_here(rows: dict[str, list], cfg: EmbedConfig) -> pa.Table:
 
 def run_embed(cfg: Config, source: str, spec: str | Path, out: str | Path, *, overwrite: bool = False) -> StageResult:
     """Embed ``regions`` (a filter output) or ``labelled`` cells (ImageFolder / CSV) named by ``spec``."""
+    from ..features.backbone import at_encoder
+
     if source not in ("regions", "labelled"):
         raise ValueError(f"source must be regions or labelled, got {source!r}")
+    cfg = cfg.model_copy(update={"embed": at_encoder(cfg.embed)})
     if cfg.embed.weights is None:
         log.warning("embed.weights is not set: %s is RANDOMLY INITIALISED; the embeddings record this "
                     "(weights_digest 'random-init')", cfg.embed.backbone)
@@ -159,16 +162,20 @@ def run_embed(cfg: Config, source: str, spec: str | Path, out: str | Path, *, ov
 
 def embed_record(cfg: Config, source: str, spec: str | Path, stage: Path, seconds: float, devices: str) -> dict:
     """``embed.json``: what was embedded, by which weights, how many, how fast."""
-    from ..features.backbone import RANDOM_INIT, file_digest, resolve_weights
+    from ..features.backbone import RANDOM_INIT, encoder_record, file_digest
 
+    record, weights = encoder_record(cfg.embed.weights) if cfg.embed.weights else (None, None)
     files = list((stage / "embeddings").glob("*.parquet"))
     embedded = sum(pq.read_metadata(f).num_rows for f in files)
     return {
         "source": source,
         "input": str(spec),
-        "backbone": cfg.embed.backbone,
+        "backbone": record["timm_name"] if record else cfg.embed.backbone,
+        "encoder": {k: record.get(k) for k in ("method", "model", "source", "rows", "epochs", "budget")}
+        if record else None,
+        "image_size": cfg.embed.image_size,
         "weights": cfg.embed.weights,
-        "weights_digest": file_digest(resolve_weights(cfg.embed.weights)) if cfg.embed.weights else RANDOM_INIT,
+        "weights_digest": file_digest(weights) if weights else RANDOM_INIT,
         "random_init": cfg.embed.weights is None,
         "dim": pq.read_schema(files[0]).field("embedding").type.list_size,
         "embedded": embedded,

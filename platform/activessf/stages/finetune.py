@@ -1,15 +1,18 @@
-"""Stage 5 on Ray Train: stratified k-fold fine-tuning and the paper's metrics.
+"""Stage 5 on Ray Train: (repeated) stratified k-fold fine-tuning and the paper's metrics.
 
-The fold assignment is written to ``OUT/folds.json`` and can be passed to
-other runs (``--folds``) so that compared runs see identical folds (NOTES 11).
-Folds run as parallel Ray Train runs when the cluster has room. Output:
+The fold assignment (``evaluate.repeats`` of them, repeat r seeded ``evaluate.seed + r``) is written to
+``OUT/folds.json`` and can be passed to other runs (``--folds``) so that compared runs see identical
+splits (NOTES 11). Every (repeat, fold) split runs as a Ray Train run, in parallel when the cluster has
+room. Output:
 
-    folds.json        sample id -> fold, k, seed, digest
-    predictions.parquet  id, label, fold, probabilities per class
-    metrics.json      per fold and mean +/- std: accuracy, PR-AUC (macro), F1 (macro),
-                      per-class PR-AUC, confusion matrix; class groups; the classes
+    folds.json        sample id -> fold (one map per repeat), k, repeats, seed, digest, small classes
+    predictions.parquet  id, label, repeat, fold, probabilities per class
+    metrics.json      per split and mean +/- std over all repeats x k splits: accuracy, PR-AUC (macro),
+                      F1 (macro), per-class PR-AUC, confusion matrix; class groups; the classes; k,
+                      repeats, classes with fewer than k members and the splits whose held-out part lacks them;
+                      label_check: whether what the encoder was selected with learned from these cells
     config.yaml
-Each run is one MLflow run with a nested run per fold.
+Each run is one MLflow run with a nested run per split (``NAME-fold3``; ``NAME-r1-fold3`` with repeats).
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ import pyarrow.parquet as pq
 from ..config import Config, flatten, save_config
 from ..data.labelled import list_labelled
 from ..data.resize import load_resize, source_size
-from ..evaluation.folds import assign_folds, folds_digest, load_folds, save_folds
+from ..evaluation.folds import fold_coverage, folds_digest, load_folds, repeated_folds, save_folds
 from ..evaluation.metrics import class_groups, fold_metrics, summarise
+from ..evaluation.provenance import check_evaluation, weights_sources
 from ..finetune.model import at_encoder_size
 from ..resources import plan
 from ..stage import StageResult, child_runs, log_results, stage_run, staged_output, train_storage
@@ -41,34 +45,38 @@ FILES = ("metrics.json", "folds.json", "config.yaml", "model")
 
 
 def decoded_images(items: list[dict], size: int, inline_mb: float):
-    """Every labelled image resized to ``size``, with label, idx and fold: arrays in this process when they
-    fit ``run.inline_data_mb``, else a materialised Ray dataset decoded by Ray Data."""
+    """Every labelled image resized to ``size``, with label, idx and its fold in every repeat (``fold_r0``,
+    ...): arrays in this process when they fit ``run.inline_data_mb``, else a materialised Ray dataset
+    decoded by Ray Data."""
     import ray
 
+    keep = tuple(k for k in items[0] if k != "path")
     if fits_inline(len(items) * size * size * 3, inline_mb):
-        return load_resize({k: [it[k] for it in items] for k in ("path", "label", "idx", "fold")}, size)
+        return load_resize({k: [it[k] for it in items] for k in items[0]}, size, keep)
     ds = ray.data.from_items(items, override_num_blocks=min(len(items), 16))
-    return ds.map_batches(load_resize, fn_kwargs={"size": size}).materialize()
+    return ds.map_batches(load_resize, fn_kwargs={"size": size, "keep": keep}).materialize()
 
 
-def fold_split(images, fold: int | str) -> tuple:
-    """(train, held-out) parts for ``fold`` (``"final"``: every sample, no held-out part), as arrays or as
-    materialised datasets (here, so that no data task waits for CPUs the trainers hold)."""
-    final = fold == "final"
+def fold_split(images, split: tuple[int, int] | str) -> tuple:
+    """(train, held-out) parts for ``split`` = (repeat, fold) (``"final"``: every sample, no held-out part),
+    as arrays or as materialised datasets (here, so that no data task waits for CPUs the trainers hold)."""
+    final = split == "final"
+    column, fold = (None, None) if final else (f"fold_r{split[0]}", split[1])
     if isinstance(images, dict):
-        train = np.ones(len(images["fold"]), bool) if final else np.asarray(images["fold"]) != fold
+        train = np.ones(len(images["idx"]), bool) if final else np.asarray(images[column]) != fold
         return ({"image": images["image"][train], "label": np.asarray(images["label"])[train]},
                 None if final else {"image": images["image"][~train], "idx": np.asarray(images["idx"])[~train]})
     from ray.data.expressions import col
 
     if final:
         return images.select_columns(["image", "label"]).materialize(), None
-    return (images.filter(expr=col("fold") != fold).select_columns(["image", "label"]).materialize(),
-            images.filter(expr=col("fold") == fold).select_columns(["image", "idx"]).materialize())
+    return (images.filter(expr=col(column) != fold).select_columns(["image", "label"]).materialize(),
+            images.filter(expr=col(column) == fold).select_columns(["image", "idx"]).materialize())
 
 
-def fit_fold(cfg_json: dict, fold: int | str, train, val, meta: dict) -> dict:
-    """One fold (or ``fold="final"``: every sample, no held-out part) as a Ray Train run, inside a Ray task.
+def fit_fold(cfg_json: dict, split: tuple[int, int] | str, train, val, meta: dict) -> dict:
+    """One (repeat, fold) split (or ``"final"``: every sample, no held-out part) as a Ray Train run, inside a
+    Ray task.
 
     Returns the held-out predictions (and, for the final fit, the model's weights) from the run's
     last checkpoint, which lives in the run's storage (shared on clusters).
@@ -79,22 +87,22 @@ def fit_fold(cfg_json: dict, fold: int | str, train, val, meta: dict) -> dict:
     from ..training.checkpoint import load_state
     from ..training.finetune_loop import finetune_loop_per_worker
 
-    final = fold == "final"
+    final = split == "final"
     datasets, inline = split_inputs({"train": train} if final else {"train": train, "val": val})
     trainer = TorchTrainer(
         finetune_loop_per_worker,
-        train_loop_config={"cfg": cfg_json, "train_rows": meta["train_rows"][fold],
+        train_loop_config={"cfg": cfg_json, "train_rows": meta["train_rows"][split],
                            "num_classes": meta["num_classes"], "class_counts": meta["class_counts"],
-                           "tracking_uri": meta["tracking_uri"], "mlflow_run_id": meta["fold_runs"][fold],
+                           "tracking_uri": meta["tracking_uri"], "mlflow_run_id": meta["fold_runs"][split],
                            "has_val": not final, "export_model": final, "inline": inline},
         scaling_config=meta["resources"].scaling_config(),
-        run_config=RunConfig(name=f"{meta['name']}-{fold_name(fold)}", storage_path=meta["storage"]),
+        run_config=RunConfig(name=meta["run_names"][split], storage_path=meta["storage"]),
         datasets=datasets,
     )
     result = trainer.fit()
     with result.checkpoint.as_directory() as d:
         state = load_state(d)
-    out = {"fold": fold, "loss": state["loss"].tolist()}
+    out = {"split": split, "loss": state["loss"].tolist()}
     if final:
         out["model"] = state["model"]
     else:
@@ -102,33 +110,42 @@ def fit_fold(cfg_json: dict, fold: int | str, train, val, meta: dict) -> dict:
     return out
 
 
-def fold_name(fold: int | str) -> str:
-    return "final" if fold == "final" else f"fold{fold}"
+def split_name(split: tuple[int, int] | str, repeats: int) -> str:
+    """``final``, ``fold3`` (one repeat: the names of a plain k-fold run) or ``r1-fold3``."""
+    if split == "final":
+        return "final"
+    return f"fold{split[1]}" if repeats == 1 else f"r{split[0]}-fold{split[1]}"
 
 
 def run_finetune(cfg: Config, labelled: str | Path, out: str | Path, *, folds_file: Optional[str | Path] = None,
                  name: Optional[str] = None, storage: Optional[str] = None, overwrite: bool = False) -> StageResult:
-    """Stratified k-fold fine-tuning of ``cfg.finetune`` on the ``labelled`` cells (ImageFolder or CSV),
-    on the folds of ``folds_file`` when given; with ``finetune.final_fit`` also the model to deploy."""
+    """Repeated stratified k-fold fine-tuning of ``cfg.finetune`` on the ``labelled`` cells (ImageFolder or
+    CSV), on the folds of ``folds_file`` when given; with ``finetune.final_fit`` also the model to deploy."""
     cfg = cfg.model_copy(update={"finetune": at_encoder_size(cfg.finetune)})
     ft = cfg.finetune
+    # refuses (evaluation.provenance) when the features or sweep behind the encoder's selection learned from these cells
+    labels = check_evaluation(labelled, weights_sources(ft.init), cfg.evaluate.allow_leak)
     data = labelled_set(labelled, cfg, folds_file)
     name = name or f"finetune-{cfg.finetune.digest()[:8]}"
-    params = {**{f"finetune.{a}": b for a, b in flatten(ft).items()}, "folds": data["k"],
-              "folds_digest": folds_digest(data["folds"]), "samples": len(data["ids"])}
+    params = {**{f"finetune.{a}": b for a, b in flatten(ft).items()}, "folds": data["k"], "repeats": data["repeats"],
+              "folds_digest": folds_digest(data["folds"]), "samples": len(data["ids"]),
+              "label_check": labels["status"], "leaked_cells": labels["leaked_cells"]}
     with staged_output(out, overwrite) as stage, stage_run(cfg, "finetune", params, name) as parent:
-        jobs = list(range(data["k"])) + (["final"] if ft.final_fit else [])
-        runs = child_runs([f"{name}-{fold_name(f)}" for f in jobs])
-        meta = {"train_rows": {f: int(sum(1 for i in data["ids"] if data["folds"][i] != f)) for f in jobs},
+        splits = [(r, f) for r in range(data["repeats"]) for f in range(data["k"])]
+        jobs = splits + (["final"] if ft.final_fit else [])
+        names = {s: f"{name}-{split_name(s, data['repeats'])}" for s in jobs}
+        runs = child_runs(list(names.values()))
+        meta = {"train_rows": {s: train_rows(data, s) for s in jobs},
                 "num_classes": len(data["classes"]), "class_counts": data["counts"].tolist(),
                 "tracking_uri": store_uri(cfg.run.work_dir), "name": name, "storage": train_storage(cfg, storage),
-                "fold_runs": {f: runs[f"{name}-{fold_name(f)}"] for f in jobs}, "resources": plan("finetune", cfg)}
+                "run_names": names, "fold_runs": {s: runs[names[s]] for s in jobs}, "resources": plan("finetune", cfg)}
         results = fit_folds(cfg, data["images"], jobs, meta)
         record = write_outputs(stage, cfg, data, results, labelled)
-        record.update({"name": name, "mlflow_run_id": parent.info.run_id})
+        record.update({"name": name, "mlflow_run_id": parent.info.run_id, "label_check": labels})
         (stage / "metrics.json").write_text(json.dumps(record, indent=2))
-        for f, m in enumerate(record["folds"]):
-            log_results(stage, {k: m[k] for k in ("accuracy", "pr_auc", "f1")}, run_id=meta["fold_runs"][f])
+        for m in record["folds"]:
+            log_results(stage, {k: m[k] for k in ("accuracy", "pr_auc", "f1")},
+                        run_id=meta["fold_runs"][m["repeat"], m["fold"]])
         s = record["summary"]
         log_results(stage, {f"{k}_{stat}": s[k][stat] for k in ("accuracy", "pr_auc", "f1") for stat in ("mean", "std")},
                     FILES)
@@ -136,8 +153,9 @@ def run_finetune(cfg: Config, labelled: str | Path, out: str | Path, *, folds_fi
 
 
 def labelled_set(labelled: str | Path, cfg: Config, folds_file: Optional[str | Path]) -> dict:
-    """The labelled cells: ids, classes, labels as indices, folds (``folds_file``'s or new stratified
-    ones), class counts and the images decoded at the training size."""
+    """The labelled cells: ids, classes, labels as indices, folds (one assignment per repeat:
+    ``folds_file``'s, or new repeated stratified ones), k, repeats, fold coverage (classes with fewer than
+    k members), class counts and the images decoded at the training size."""
     pairs = list_labelled(labelled)
     base = Path(labelled) if Path(labelled).is_dir() else Path(labelled).parent
     ids = [str(p.relative_to(base)) if p.is_relative_to(base) else str(p) for p, _ in pairs]
@@ -147,19 +165,44 @@ def labelled_set(labelled: str | Path, cfg: Config, folds_file: Optional[str | P
         raise ValueError(f"{labelled} has {len(classes)} classes ({', '.join(classes)}) but finetune.num_classes is "
                          f"{cfg.finetune.num_classes}: fix the labelled set, or set finetune.num_classes to "
                          f"{len(classes)} (or null to take the classes as they come)")
-    if folds_file:
-        folds = load_folds(folds_file)
-        missing = set(ids) - set(folds)
-        if missing:
-            raise ValueError(f"{folds_file} has no fold for {len(missing)} samples (e.g. {sorted(missing)[:3]}); "
-                             "it was made for another labelled set")
-    else:
-        folds = assign_folds(ids, labels, cfg.evaluate.folds, cfg.evaluate.seed)
+    folds, seed = given_folds(folds_file, ids, cfg) if folds_file else (
+        repeated_folds(ids, labels, cfg.evaluate.folds, cfg.evaluate.repeats, cfg.evaluate.seed), cfg.evaluate.seed)
+    k = max(max(f.values()) for f in folds) + 1
+    coverage = fold_coverage(folds, ids, labels, k)
+    if coverage["small_classes"]:
+        log.warning("classes with fewer than k = %d members: %s; each is held out in fewer than %d folds, and its "
+                    "PR-AUC averages over the splits that hold it out (absent from the held-out part of: %s)", k,
+                    ", ".join(f"{c} ({n})" for c, n in coverage["small_classes"].items()), k,
+                    "; ".join(f"{c} {', '.join(split_name(tuple(s), len(folds)) for s in splits)}"
+                              for c, splits in coverage["absent_classes"].items()))
     y = np.array([classes.index(lab) for lab in labels])
-    items = [{"path": str(p), "label": int(y[i]), "idx": i, "fold": folds[ids[i]]} for i, (p, _) in enumerate(pairs)]
+    items = [{"path": str(p), "label": int(y[i]), "idx": i, **{f"fold_r{r}": f[ids[i]] for r, f in enumerate(folds)}}
+             for i, (p, _) in enumerate(pairs)]
     images = decoded_images(items, source_size(cfg.finetune.image_size), cfg.run.inline_data_mb)
-    return {"ids": ids, "y": y, "classes": classes, "folds": folds, "k": max(folds.values()) + 1,
-            "counts": np.bincount(y, minlength=len(classes)), "images": images}
+    return {"ids": ids, "y": y, "classes": classes, "folds": folds, "k": k, "repeats": len(folds), "seed": seed,
+            "coverage": coverage, "counts": np.bincount(y, minlength=len(classes)), "images": images}
+
+
+def given_folds(folds_file: str | Path, ids: list[str], cfg: Config) -> tuple[list[dict], Optional[int]]:
+    """The assignments of a ``folds.json`` (and its seed), which decide k and repeats for this run."""
+    folds, meta = load_folds(folds_file)
+    missing = set().union(*(set(ids) - set(f) for f in folds))
+    if missing:
+        raise ValueError(f"{folds_file} has no fold for {len(missing)} samples (e.g. {sorted(missing)[:3]}); "
+                         "it was made for another labelled set")
+    k = max(max(f.values()) for f in folds) + 1
+    if (k, len(folds)) != (cfg.evaluate.folds, cfg.evaluate.repeats):
+        log.warning("%s holds %d repeat(s) of %d-fold cross-validation, which this run uses: evaluate.folds = %d "
+                    "and evaluate.repeats = %d do not apply", folds_file, len(folds), k, cfg.evaluate.folds,
+                    cfg.evaluate.repeats)
+    return folds, meta.get("seed")
+
+
+def train_rows(data: dict, split: tuple[int, int] | str) -> int:
+    if split == "final":
+        return len(data["ids"])
+    repeat, fold = split
+    return sum(1 for i in data["ids"] if data["folds"][repeat][i] != fold)
 
 
 def fit_folds(cfg: Config, images, jobs: list, meta: dict) -> list[dict]:
@@ -181,10 +224,11 @@ def fit_folds(cfg: Config, images, jobs: list, meta: dict) -> list[dict]:
 def write_outputs(stage: Path, cfg: Config, data: dict, results: list[dict], labelled) -> dict:
     """folds.json, predictions.parquet, the final model and config.yaml; returns the metrics record."""
     ft = cfg.finetune
-    final = [r for r in results if r["fold"] == "final"]
-    results = [r for r in results if r["fold"] != "final"]
-    record = assemble(results, data["y"], data["ids"], data["folds"], data["classes"], data["counts"], cfg.evaluate)
-    save_folds(data["folds"], stage / "folds.json", {"k": data["k"], "seed": cfg.evaluate.seed, "labelled": str(labelled)})
+    final = [r for r in results if r["split"] == "final"]
+    results = [r for r in results if r["split"] != "final"]
+    record = assemble(results, data, cfg.evaluate)
+    save_folds(data["folds"], stage / "folds.json",
+               {"k": data["k"], "seed": data["seed"], "labelled": str(labelled), **data["coverage"]})
     write_predictions(stage / "predictions.parquet", results, data["ids"], data["y"], data["classes"])
     record.update({"init": ft.init, "backbone": ft.backbone, "folds_digest": folds_digest(data["folds"])})
     if final:
@@ -214,28 +258,33 @@ def save_model(out: Path, state: dict, ft, classes: list[str], record: dict) -> 
     return {"path": str(out), "digest": spec["model_digest"]}
 
 
-def assemble(results: list[dict], y: np.ndarray, ids: list[str], folds: dict, classes: list[str],
-             counts: np.ndarray, ev) -> dict:
+def assemble(results: list[dict], data: dict, ev) -> dict:
+    """The metrics record: per (repeat, fold) split, and the summary over all repeats x k splits."""
+    y, ids, classes, counts = data["y"], data["ids"], data["classes"], data["counts"].tolist()
     per_fold = []
-    for res in sorted(results, key=lambda r: r["fold"]):
-        order = np.argsort(res["idx"])
+    for res in sorted(results, key=lambda r: r["split"]):
+        (repeat, fold), order = res["split"], np.argsort(res["idx"])
         idx, probs = res["idx"][order], res["probs"][order]
-        expected = sorted(i for i, s in enumerate(ids) if folds[s] == res["fold"])
+        expected = sorted(i for i, s in enumerate(ids) if data["folds"][repeat][s] == fold)
         if idx.tolist() != expected:
-            raise RuntimeError(f"fold {res['fold']}: predictions cover {len(idx)} of {len(expected)} held-out samples")
-        per_fold.append({"fold": res["fold"], **fold_metrics(y[idx], probs, classes), "train_loss": res["loss"]})
-    return {"classes": classes, "class_counts": dict(zip(classes, counts.tolist())),
-            "class_groups": class_groups(dict(zip(classes, counts.tolist())), ev.rare_share, ev.common_share),
-            "folds": per_fold, "summary": summarise(per_fold, classes)}
+            raise RuntimeError(f"{split_name(res['split'], data['repeats'])}: predictions cover {len(idx)} of "
+                               f"{len(expected)} held-out samples")
+        per_fold.append({"repeat": repeat, "fold": fold, **fold_metrics(y[idx], probs, classes),
+                         "train_loss": res["loss"]})
+    return {"classes": classes, "class_counts": dict(zip(classes, counts)),
+            "class_groups": class_groups(dict(zip(classes, counts)), ev.rare_share, ev.common_share),
+            "k": data["k"], "repeats": data["repeats"], **data["coverage"], "folds": per_fold,
+            "summary": {**summarise(per_fold, classes), "k": data["k"], "repeats": data["repeats"]}}
 
 
 def write_predictions(path: Path, results: list[dict], ids: list[str], y: np.ndarray, classes: list[str]) -> None:
-    rows = {"id": [], "label": [], "fold": [], **{f"p_{c}": [] for c in classes}}
+    rows = {"id": [], "label": [], "repeat": [], "fold": [], **{f"p_{c}": [] for c in classes}}
     for res in results:
         for i, p in zip(res["idx"], res["probs"]):
             rows["id"].append(ids[i])
             rows["label"].append(classes[y[i]])
-            rows["fold"].append(res["fold"])
+            rows["repeat"].append(res["split"][0])
+            rows["fold"].append(res["split"][1])
             for c, v in zip(classes, p):
                 rows[f"p_{c}"].append(float(v))
     pq.write_table(pa.table(rows), path)

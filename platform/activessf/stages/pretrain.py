@@ -10,7 +10,8 @@ workers as dataset shards. Augmentations run in the workers.
 Output (``OUT``):
 
     encoder.pt      the pretrained encoder: a timm state dict (weights_only loadable)
-    encoder.json    method, size, image/patch size, timm model name and kwargs, digest, final loss
+    encoder.json    method, size, image/patch size, timm model name and kwargs, digest, final loss, the
+                    selection it was pretrained on (what fine-tuning traces labels back through)
     history.json    per-epoch loss, lr, images/s, skipped steps, rollbacks
     reconstructions/reconstruction_epochNNNN.png   originals / masked / reconstructed (MAE-like methods)
     config.yaml
@@ -156,8 +157,11 @@ def run_pretrain(cfg: Config, out: str | Path, *, regions: Optional[str | Path] 
         }
         fit_started = time.time()
         state = fit(loop_config, images, res, name, storage, max_failures, p.keep_checkpoints)
+        selected = str(Path(selection).resolve()) if selection and p.source == "selected" else None
         record = write_encoder(stage, cfg, method, state, {"rows": rows, "run_name": name, "storage": storage,
-                                                           "budget": spent,
+                                                           "budget": {**spent, "seconds": round(time.time()
+                                                                                                - fit_started, 1)},
+                                                           "selection": selected,
                                                    "startup": startup_seconds(fit_started, state.get("timeline", {})),
                                                    "mlflow_run_id": run.info.run_id})
         log_results(stage, {}, FILES)
@@ -200,7 +204,8 @@ def write_encoder(stage: Path, cfg: Config, method, state: dict, run: dict) -> d
     record = {
         "method": p.method, "model": p.model, "image_size": p.image_size, "patch_size": p.patch_size,
         **method.encoder_spec(p), "options": method.settings(p).model_dump(),
-        "source": p.source, "rows": run["rows"], "epochs": state["epoch"], "run_name": run["run_name"],
+        "source": p.source, "selection": run.get("selection"), "rows": run["rows"], "epochs": state["epoch"],
+        "run_name": run["run_name"],
         "storage": run["storage"], "final_loss": state["history"][-1]["loss"] if state["history"] else None,
         "skipped_steps": state["guard"]["skipped"], "rollbacks": state["guard"]["rollbacks"],
         "lr_factor": state["guard"]["lr_factor"], "resumed": state["resumed"], "startup": run["startup"],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import math
 from pathlib import Path
 from typing import Optional
 
@@ -12,18 +11,19 @@ import pyarrow.parquet as pq
 
 from ..data.annotations import image_key, load_boxes
 from ..regions.evaluate import iou_matrix
-from ..selection.evaluate import DISTRACTOR, UNLABELLED, selection_evidence
+from ..selection.evaluate import DISTRACTOR, UNLABELLED, json_safe, selection_evidence
 
 
-def region_classes(regions_dir: str | Path, boxes: str | Path, label: str, iou: float = 0.3,
+def region_classes(regions_dir: str | Path, boxes: str | Path | dict, label: str, iou: float = 0.3,
                    image_labels: Optional[dict[str, str]] = None) -> dict[str, str]:
     """region_id -> the subtype of the ``label`` cell it overlaps best (IoU >= ``iou``), else ``distractor``
     (``unlabelled`` when it is such a cell but its subtype is unknown).
 
+    ``boxes`` is a path :func:`load_boxes` reads, or what it returns (e.g. ``load_masks``'s boxes).
     The subtype is the synthetic cell's own, or ``image_labels[image]`` for data
     (like BCCD) whose subtype labels name the image.
     """
-    truth = load_boxes(boxes)
+    truth = boxes if isinstance(boxes, dict) else load_boxes(boxes)
     t = pq.read_table(Path(regions_dir) / "regions", columns=["region_id", "source", "x", "y", "w", "h"]).to_pydict()
     out = {}
     for i, rid in enumerate(t["region_id"]):
@@ -53,12 +53,4 @@ def evaluate_selection(selection_dir: str | Path, regions_dir: str | Path, boxes
     sel = pq.read_table(Path(selection_dir) / "selection", columns=["region_id", "selected"]).to_pydict()
     cls = np.array([classes[r] for r in sel["region_id"]], dtype=object)
     report = selection_evidence(cls, np.array(sel["selected"], bool), rare, seed=seed)
-    return _clean(report)
-
-
-def _clean(obj):
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    return obj
+    return json_safe(report)

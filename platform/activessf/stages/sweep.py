@@ -16,6 +16,8 @@ Output (``OUT``):
     best.yaml         the full configuration with the best values: use it with --config best.yaml
     sweep.png         the objective against every swept setting, the best trial marked
     space.yaml        the search space as given; config.yaml: the base configuration
+    label_ids.json    selection sweeps: the labelled cells the probe scored trials on (best.yaml's
+                      sweep.tuned_on points here; evaluation refuses these cells: sweep on a split's tune.csv)
 MLflow: one parent run (the space, the base config, the best values and score,
 the files above) with one nested run per trial (its settings and every result).
 """
@@ -40,6 +42,7 @@ from ..data.labelled import list_labelled
 from ..data.resize import decode_resize, load_resize, source_size
 from ..data.sources import list_inputs, read_bytes
 from ..evaluation.folds import assign_folds
+from ..evaluation.provenance import LABEL_IDS, label_ids_record, refuse_evaluation_part, write_label_ids
 from ..regions.evaluate import evaluate
 from ..regions.filter import filter_image
 from ..resources import plan
@@ -52,7 +55,7 @@ from ..training.inline import fits_inline, split_inputs
 
 log = logging.getLogger(__name__)
 
-FILES = ("trials.csv", "best.json", "best.yaml", "sweep.png", "space.yaml")
+FILES = ("trials.csv", "best.json", "best.yaml", "sweep.png", "space.yaml", LABEL_IDS)
 
 OBJECTIVE = {"selection": "probe_pr_auc", "filter": "f1"}
 REPORTED = ("selected", "loss", "probe_accuracy", "probe_f1", "regions", "matched", "recall", "precision")
@@ -195,19 +198,30 @@ def run_sweep(cfg: Config, space_file: str | Path, out: str | Path, *, regions=N
     metric = OBJECTIVE[space.kind]
     storage = train_storage(cfg, storage)
     name = name or f"sweep-{space.kind}-{cfg.digest()[:8]}"
+    labels, best_base = None, base
     if space.kind == "selection":
         trainable, scheduler, trials = selection_trainable(cfg, space, base, str(Path(storage) / name / "train"),
                                                            regions, embeddings, labelled_embeddings, labelled)
+        labels = label_ids_record(list_labelled(labelled), "selection sweep probe", labelled)
+        tuned_on = base["sweep"]["tuned_on"] + [str(Path(out).resolve() / LABEL_IDS)]
+        best_base = merge(base, {"sweep": {"tuned_on": tuned_on}})  # best.yaml says what it was tuned on
     else:
         trainable, scheduler, trials = filter_trainable(cfg, space, base, images, boxes, label)
     params = {"space": str(space_file), "kind": space.kind, "objective": metric,
-              **{f"sweep.{k}": v for k, v in flatten(cfg.sweep).items()}}
+              **{f"sweep.{k}": v for k, v in flatten(cfg.sweep).items()},
+              **({"labelled": str(labelled), "labelled_cells": labels["cells"], "label_ids_digest": labels["digest"]}
+                 if labels else {})}
     with staged_output(out, overwrite) as stage, stage_run(cfg, "sweep", params, name) as parent:
         shutil.copy(space_file, stage / "space.yaml")
         save_config(cfg, stage)
+        if labels:
+            write_label_ids(stage, labels)
         tuner = tuner_for(trainable, space, cfg, metric, scheduler, trials, name, storage, parent)
         rows = trial_rows(tuner.fit(), space, metric)
-        best = best_record(rows, space, base, metric, stage)
+        best = best_record(rows, space, best_base, metric, stage, tuned_note(labels))
+        if labels:
+            best["tuned_on"] = {"labelled": str(labelled), "cells": labels["cells"], "digest": labels["digest"],
+                                "label_ids": best_base["sweep"]["tuned_on"][-1]}
         write_outputs(stage, rows, space, metric, best)
         log_results(stage, {f"best_{metric}": best["score"], "trials": len(rows),
                             "trials_failed": sum(r["status"] == "ERROR" for r in rows)}, FILES)
@@ -224,6 +238,7 @@ def selection_trainable(cfg: Config, space: SearchSpace, base: dict, storage: st
                               ("--labelled-embeddings", labelled_embeddings), ("--labelled", labelled)) if not v]
     if missing:
         raise ValueError(f"a selection sweep needs {', '.join(missing)}")
+    refuse_evaluation_part(labelled, "a selection sweep's probe")
     data, ds = selection_inputs(cfg, Path(regions), Path(embeddings), Path(labelled_embeddings), Path(labelled),
                                 storage)
     trainable = tune.with_parameters(selection_trial, space=space, base=_trial_pretrain(base, cfg), data=data,
@@ -291,7 +306,15 @@ def trial_rows(results, space: SearchSpace, metric: str) -> list[dict]:
     return rows
 
 
-def best_record(rows: list[dict], space: SearchSpace, base: dict, metric: str, stage: Path) -> dict:
+def tuned_note(labels: Optional[dict]) -> str:
+    """best.yaml's header line on the labelled cells a selection sweep was tuned on."""
+    if not labels:
+        return ""
+    return (f"# tuned on the {labels['cells']} labelled cells of {labels['labelled']} (sweep.tuned_on): "
+            "evaluations of selections made with it refuse those cells\n")
+
+
+def best_record(rows: list[dict], space: SearchSpace, base: dict, metric: str, stage: Path, note: str = "") -> dict:
     scored = [r for r in rows if r["status"] == "OK" and r[metric] is not None and not math.isnan(r[metric])]
     if not scored:
         errors = "; ".join(sorted({r["error"] for r in rows if r["error"]}))[:600]
@@ -300,7 +323,7 @@ def best_record(rows: list[dict], space: SearchSpace, base: dict, metric: str, s
     values = {k: top[k] for k in space.params}
     best_cfg = space.apply(base, values)
     (stage / "best.yaml").write_text(f"# best of {len(rows)} trials of {space.source}: {metric} = {top[metric]:.4f}\n"
-                                     + to_yaml(best_cfg))
+                                     + note + to_yaml(best_cfg))
     return {"trial": top["trial"], "values": values, "score": top[metric], "metric": metric,
             "trials": len(rows), "failed": sum(r["status"] == "ERROR" for r in rows)}
 

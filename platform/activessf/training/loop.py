@@ -28,7 +28,7 @@ from .faults import fault_hooks
 from .guard import NonFiniteGuard
 from .inline import dataset_shard
 from .loop_config import PretrainLoopConfig
-from .optim import param_groups
+from .optim import layer_decay_groups
 from .schedule import scaled_lr
 from .worker import ShardFeed, Tracker, Worker, report, worker_setup
 
@@ -83,7 +83,8 @@ def train_loop_per_worker(config: dict) -> None:
     p = lc.cfg.pretrain
     w = worker_setup(lc.cfg.run.seed, p.precision)
     method = build_method(p, lc.method_class)
-    groups = param_groups(method, p.weight_decay, skip=method.no_weight_decay())
+    groups = layer_decay_groups(method, p.weight_decay, p.layer_decay, encoder=method.encoder(),
+                                skip=method.no_weight_decay())
     opt = torch.optim.AdamW(groups, lr=0.0, betas=(0.9, 0.95))
     guard = NonFiniteGuard(lc.max_bad_steps, lc.max_rollbacks)
     run = resume(ray.train.get_checkpoint(), method, opt, w.scaler, guard, w.rank)
@@ -123,7 +124,7 @@ def epoch_metrics(stats: dict, epoch: int, opt, guard: NonFiniteGuard, world: in
                   constants: dict) -> dict:
     """What every epoch reports (to Ray Train, MLflow and the history)."""
     elapsed = stats["epoch_seconds"]
-    return {"epoch": epoch + 1, "loss": stats["loss"], "lr": opt.param_groups[0]["lr"],
+    return {"epoch": epoch + 1, "loss": stats["loss"], "lr": max(g["lr"] for g in opt.param_groups),  # full rate
             "images_per_s": stats["images"] * world / max(elapsed, 1e-9), "skipped_steps": guard.skipped,
             "rollbacks": guard.rollbacks, "epoch_seconds": elapsed, "lr_factor": guard.lr_factor,
             "cuda_initialized": int(torch.cuda.is_initialized()), "torch_threads": torch.get_num_threads(),
