@@ -50,6 +50,19 @@ def wbc_seg1() -> Path:
     return WBC_SEG1
 
 
+def write_cells(root: Path, counts: dict[str, int], size: int = 12, seed: int = 0) -> Path:
+    """An ImageFolder of small noise PNGs under ``root``, ``counts[label]`` per class, every image distinct."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    for label, n in counts.items():
+        (root / label).mkdir(parents=True)
+        for i in range(n):
+            cv2.imwrite(str(root / label / f"{i:03d}.png"), rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
+    return root
+
+
 # ------------------------------------------------------------------ Ray: one local cluster per session
 
 # Order of the session: tests that need no Ray, then those sharing the session's local Ray, then those that

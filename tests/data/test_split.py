@@ -3,10 +3,9 @@
 import json
 import random
 
-import cv2
-import numpy as np
 import pytest
 
+import conftest
 from activessf.data.labelled import cell_id, list_labelled
 from activessf.data.split import split_labelled, split_part, write_split
 
@@ -14,13 +13,7 @@ COUNTS = {"A": 20, "B": 12, "C": 3}  # C: too small to give a share to tuning an
 
 
 def write_cells(root, counts=COUNTS, seed=0):
-    """An ImageFolder of small noise PNGs, every image distinct."""
-    rng = np.random.default_rng(seed)
-    for label, n in counts.items():
-        (root / label).mkdir(parents=True)
-        for i in range(n):
-            cv2.imwrite(str(root / label / f"{i:03d}.png"), rng.integers(0, 255, (12, 12, 3), dtype=np.uint8))
-    return root
+    return conftest.write_cells(root, counts, 12, seed)
 
 
 def by_class(pairs):

@@ -6,12 +6,11 @@ an encoder's encoder.json), written here by hand or by the real `features` comma
 
 import json
 
-import cv2
-import numpy as np
 import pytest
 import yaml
 
 from activessf.config import load_config
+import conftest
 from activessf.data.labelled import list_labelled
 from activessf.data.split import split_labelled, write_split
 from activessf.evaluation.provenance import (LabelLeak, check_evaluation, label_ids_record, selection_sources,
@@ -20,13 +19,8 @@ from activessf.features.backbone import file_digest
 
 
 def write_cells(root, counts={"A": 20, "B": 12, "C": 3}, seed=0):
-    """An ImageFolder of small noise PNGs, every image distinct (35 cells)."""
-    rng = np.random.default_rng(seed)
-    for label, n in counts.items():
-        (root / label).mkdir(parents=True)
-        for i in range(n):
-            cv2.imwrite(str(root / label / f"{i:03d}.png"), rng.integers(0, 255, (24, 24, 3), dtype=np.uint8))
-    return root
+    """35 distinct cells."""
+    return conftest.write_cells(root, counts, 24, seed)
 
 
 def features(folder, learned_from):
