@@ -146,7 +146,7 @@ def run_ablation(cfg: Config, labelled: str | Path, out: str | Path, *, regions:
         record = {"rows": rows, "folds": str(folds_file), "label_check": labels,
                   "table2": {r["name"]: r["table2"] for r in rows if r["table2"]},
                   "summary": {k: v["summary"] for k, v in runs.items()}, "pretrain_steps": steps, "budgets": budgets,
-                  "equal_budgets": len({b["steps"] for b in budgets.values()}) <= 1}
+                  "equal_budgets": equal_budgets(budgets, steps)}
         if not record["equal_budgets"]:
             log.warning("the pretrained rows trained for unequal optimiser steps (%s): a row may win on steps alone",
                         ", ".join(f"{k} {b['steps']}" for k, b in budgets.items()))
@@ -219,6 +219,14 @@ def encoder_budget(encoder: Path) -> Optional[dict]:
     return json.loads(record.read_text()).get("budget") if record.is_file() else None
 
 
+def equal_budgets(budgets: dict[str, dict], steps: Optional[int]) -> bool:
+    """Whether the rows trained alike: the same steps, or with a target ``steps``, each reached it in whole
+    epochs (at least ``steps``, less than one of its epochs over)."""
+    if steps is None or any("steps_per_epoch" not in b for b in budgets.values()):
+        return len({b["steps"] for b in budgets.values()}) <= 1
+    return all(steps <= b["steps"] < steps + b["steps_per_epoch"] for b in budgets.values())
+
+
 def format_budgets(budgets: dict[str, dict], steps: Optional[int]) -> str:
     """The report's table of what each pretrained row trained for."""
     if not budgets:
@@ -228,8 +236,12 @@ def format_budgets(budgets: dict[str, dict], steps: Optional[int]) -> str:
              "| Row | Epochs | Optimiser steps | Images seen | Wall time (s) |", "|---|---|---|---|---|"]
     lines += [f"| {k} | {b['epochs']} | {b['steps']} | {b['images_seen']} | {b.get('seconds', 'n/a')} |"
               for k, b in budgets.items()]
-    if len({b["steps"] for b in budgets.values()}) > 1:
+    if not equal_budgets(budgets, steps):
         lines += ["", "**The rows trained for unequal steps: a row may win on steps alone.**"]
+    elif steps and any(b["steps"] != steps for b in budgets.values()):
+        over = max(b["steps"] / steps - 1 for b in budgets.values())
+        lines += ["", f"Each row trains whole epochs, so it reaches {steps} steps within its last epoch (at most "
+                  f"{100 * over:.1f}% over)."]
     return "\n".join(lines) + "\n"
 
 

@@ -77,7 +77,7 @@ def test_ablation_rows_pretrain_for_the_steps_the_selected_pool_takes(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from activessf.ablation import format_budgets, pretrain_steps, row_pretrain
+    from activessf.ablation import equal_budgets, format_budgets, pretrain_steps, row_pretrain
     from activessf.config import load_config
 
     (tmp_path / "selection").mkdir()
@@ -91,4 +91,11 @@ def test_ablation_rows_pretrain_for_the_steps_the_selected_pool_takes(tmp_path):
     assert row_pretrain(base, {"method": "mae", "source": "fields"}, 50)["pretrain"]["steps"] == 50
     text = format_budgets({"MAE": {"epochs": 1, "steps": 60, "images_seen": 480},
                            "MAE + CRF + ASS": {"epochs": 10, "steps": 50, "images_seen": 400}}, 50)
-    assert "| MAE + CRF + ASS | 10 | 50 | 400 |" in text and "unequal steps" in text
+    assert "| MAE + CRF + ASS | 10 | 50 | 400 | n/a |" in text and "unequal steps" in text
+    # pretrain.steps in whole epochs: a large pool overshoots the target within its last epoch, and that is equal
+    close = {"MAE": {"epochs": 2, "steps": 60, "steps_per_epoch": 30, "images_seen": 480, "seconds": 12.5},
+             "MAE + CRF + ASS": {"epochs": 10, "steps": 50, "steps_per_epoch": 5, "images_seen": 400}}
+    assert equal_budgets(close, 50) and "unequal" not in format_budgets(close, 50)
+    assert "at most 20.0% over" in format_budgets(close, 50) and "| MAE | 2 | 60 | 480 | 12.5 |" in format_budgets(close, 50)
+    close["MAE"].update(epochs=3, steps=90)  # a whole epoch more than the target needed
+    assert not equal_budgets(close, 50) and "unequal steps" in format_budgets(close, 50)
