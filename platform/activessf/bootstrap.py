@@ -48,8 +48,9 @@ def bootstraps(cfg: Config) -> bool:
     return cfg.select.rounds > 1 or (cfg.embed.weights is None and cfg.select.bootstrap)
 
 
-def round_config(cfg: Config, source: str, weights: Optional[Path]) -> Config:
-    """``cfg`` for one round: pretraining on ``source`` for the bootstrap budget, embedding with ``weights``."""
+def round_config(cfg: Config, source: str, weights: Optional[Path], own_encoder: bool = False) -> Config:
+    """``cfg`` for one round: pretraining on ``source`` for the bootstrap budget, embedding with ``weights``
+    (at the size it was pretrained at, when it is the round's ``own_encoder``)."""
     s = cfg.select
     over = [f"pretrain.source={source}", f"pretrain.epochs={s.bootstrap_epochs}",
             f"pretrain.warmup_epochs={min(cfg.pretrain.warmup_epochs, s.bootstrap_epochs - 1)}",
@@ -57,6 +58,8 @@ def round_config(cfg: Config, source: str, weights: Optional[Path]) -> Config:
             f"pretrain.steps={s.bootstrap_steps if s.bootstrap_steps else 'null'}"]
     if weights is not None:
         over.append(f"embed.weights={weights}")
+    if own_encoder:
+        over.append(f"embed.image_size={cfg.pretrain.image_size}")
     return build_config(apply_overrides(cfg.model_dump(mode="json"), over))
 
 
@@ -114,7 +117,7 @@ def run_bootstrap(cfg: Config, regions: str | Path, labelled: str | Path, out: s
                                  name=f"bootstrap-r{r}-{uuid.uuid4().hex[:8]}",  # a new run: never resume
                                  storage=storage, overwrite=overwrite)
                     weights = str(encoder)
-                rcfg = round_config(cfg, "filtered", Path(weights) if weights else None)
+                rcfg = round_config(cfg, "filtered", Path(weights) if weights else None, encoder is not None)
                 run_embed(rcfg, "regions", regions, here / "embeddings" / "regions", overwrite=overwrite)
                 run_embed(rcfg, "labelled", labelled, here / "embeddings" / "labelled", overwrite=overwrite)
                 run_select(rcfg, here / "embeddings" / "regions", here / "selection",
@@ -122,6 +125,10 @@ def run_bootstrap(cfg: Config, regions: str | Path, labelled: str | Path, out: s
                 rec, previous = round_record(r, here / "selection", previous, encoder, weights, truth, set(rare),
                                              cfg.run.seed)
                 rounds.append(rec)
+                if r + 1 < cfg.select.rounds and rec["selected"] < cfg.pretrain.batch_size:
+                    log.warning("bootstrap round %d kept %d regions, fewer than a batch (pretrain.batch_size=%d): "
+                                "round %d pretrains on them alone; fewer rounds or looser bounds (select.alpha, "
+                                "select.bound_mode) keep more", r, rec["selected"], cfg.pretrain.batch_size, r + 1)
                 log.info("bootstrap round %d: %d regions selected%s", r, rec["selected"],
                          "" if rec["jaccard_previous"] is None else f", Jaccard {rec['jaccard_previous']:.3f} with "
                          f"round {r - 1}")
