@@ -194,19 +194,21 @@ def run_row(stage: Path, cfg: Config, row: dict, inputs: dict, encoders: Optiona
 def row_pretrain(base: dict, row: dict, steps: Optional[int] = None) -> dict:
     """The pretraining config of a row: its method and source (and ``steps``, the ablation's equal budget);
     ``pretrain.options`` belong to the configured method, so a row of another method uses its defaults."""
-    p = {**base["pretrain"], "method": row["method"], "source": row["source"], "steps": steps}
+    p = {**base["pretrain"], "method": row["method"], "source": row["source"], "steps": steps,
+         **({"images": None} if steps else {})}
     if row["method"] != base["pretrain"]["method"]:
         p["options"] = {}
     return {**base, "pretrain": p}
 
 
 def pretrain_steps(cfg: Config, selection: Optional[str | Path], workers: int) -> Optional[int]:
-    """The optimiser steps every pretraining row gets (``evaluate.equal_steps``): ``pretrain.steps`` when set,
+    """The optimiser steps every pretraining row gets (``evaluate.equal_steps``): ``pretrain.steps`` (or
+    ``pretrain.images``) when set,
     else what the selected regions take in ``pretrain.epochs`` on ``workers``; None (epochs) without equal
     steps or a selection to size them from."""
     p = cfg.pretrain
-    if not cfg.evaluate.equal_steps or p.steps:
-        return p.steps
+    if not cfg.evaluate.equal_steps or p.step_target():
+        return p.step_target()
     if selection is None:
         return None
     kept = len(selected_ids(Path(selection)))

@@ -55,7 +55,7 @@ def round_config(cfg: Config, source: str, weights: Optional[Path], own_encoder:
     over = [f"pretrain.source={source}", f"pretrain.epochs={s.bootstrap_epochs}",
             f"pretrain.warmup_epochs={min(cfg.pretrain.warmup_epochs, s.bootstrap_epochs - 1)}",
             f"pretrain.checkpoint_every={min(cfg.pretrain.checkpoint_every, s.bootstrap_epochs)}",
-            f"pretrain.steps={s.bootstrap_steps if s.bootstrap_steps else 'null'}"]
+            f"pretrain.steps={s.bootstrap_steps if s.bootstrap_steps else 'null'}", "pretrain.images=null"]
     if weights is not None:
         over.append(f"embed.weights={weights}")
     if own_encoder:

@@ -293,6 +293,8 @@ class PretrainConfig(Section):
     epochs: int = Field(400, ge=1, description="paper: 400")
     steps: Optional[int] = Field(None, ge=1, description="train for at least this many optimiser steps instead of "
                                  "`epochs` (whole epochs, rounded up): equal budgets for pools of different sizes")
+    images: Optional[int] = Field(None, ge=1, description="or: train until at least this many images were seen "
+                                  "(steps = images / batch_size, rounded up); exclusive with `steps`")
     warmup_epochs: int = Field(5, ge=0, description="paper: 5")
     batch_size: int = Field(64, ge=1, description="global batch (paper: 64)")
     base_lr: float = Field(1e-3, gt=0, le=10, description="lr = base_lr * batch / 256")
@@ -315,7 +317,14 @@ class PretrainConfig(Section):
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be <= epochs ({self.epochs})")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size})")
+        if self.steps and self.images:
+            raise ValueError(f"pretrain.steps ({self.steps}) and pretrain.images ({self.images}) both set a budget: "
+                             "keep one (set the other to null)")
         return self
+
+    def step_target(self) -> Optional[int]:
+        """The optimiser steps ``steps`` or ``images`` asks for (None: train ``epochs``)."""
+        return self.steps or (-(-self.images // self.batch_size) if self.images else None)
 
 
 class FinetuneConfig(Section):

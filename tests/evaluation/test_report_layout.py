@@ -78,7 +78,7 @@ def test_ablation_rows_pretrain_for_the_steps_the_selected_pool_takes(tmp_path):
     import pyarrow.parquet as pq
 
     from activessf.ablation import equal_budgets, format_budgets, pretrain_steps, row_pretrain
-    from activessf.config import load_config
+    from activessf.config import ConfigError, load_config
 
     (tmp_path / "selection").mkdir()
     pq.write_table(pa.table({"region_id": [str(i) for i in range(100)], "selected": [i < 40 for i in range(100)]}),
@@ -86,6 +86,9 @@ def test_ablation_rows_pretrain_for_the_steps_the_selected_pool_takes(tmp_path):
     cfg = load_config(overrides=["pretrain.batch_size=8", "pretrain.epochs=10"])
     assert pretrain_steps(cfg, tmp_path, workers=1) == 50  # 40 selected regions: 5 steps per epoch, 10 epochs
     assert pretrain_steps(load_config(overrides=["pretrain.steps=77"]), tmp_path, 1) == 77
+    assert pretrain_steps(load_config(overrides=["pretrain.images=801", "pretrain.batch_size=8"]), tmp_path, 1) == 101
+    with pytest.raises(ConfigError, match="keep one"):
+        load_config(overrides=["pretrain.images=800", "pretrain.steps=100"])
     assert pretrain_steps(load_config(overrides=["evaluate.equal_steps=false"]), tmp_path, 1) is None
     base = json.loads(json.dumps(cfg.model_dump(mode="json")))
     assert row_pretrain(base, {"method": "mae", "source": "fields"}, 50)["pretrain"]["steps"] == 50

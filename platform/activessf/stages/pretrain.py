@@ -132,13 +132,13 @@ def run_pretrain(cfg: Config, out: str | Path, *, regions: Optional[str | Path] 
     rows = row_count(images)
     if rows < p.batch_size:
         log.warning("only %d training images for a batch of %d: lower pretrain.batch_size", rows, p.batch_size)
-    spent = budget(rows, p.batch_size, res.workers, p.accum_steps, p.epochs, p.steps)
-    if spent["epochs"] != p.epochs:  # pretrain.steps: the epochs that reach it on this pool
+    spent = budget(rows, p.batch_size, res.workers, p.accum_steps, p.epochs, p.step_target())
+    if spent["epochs"] != p.epochs:  # pretrain.steps or .images: the epochs that reach it on this pool
         p = p.model_copy(update={"epochs": spent["epochs"], "warmup_epochs": min(p.warmup_epochs, spent["epochs"] - 1),
                                  "checkpoint_every": min(p.checkpoint_every, spent["epochs"])})
         cfg = cfg.model_copy(update={"pretrain": p})
-        log.info("pretrain.steps=%d: %d epochs of %d steps on %d images", p.steps, p.epochs, spent["steps_per_epoch"],
-                 rows)
+        log.info("%d optimiser steps: %d epochs of %d steps on %d images", p.step_target(), p.epochs,
+                 spent["steps_per_epoch"], rows)
     name = name or f"pretrain-{p.method}-{p.source}-{cfg.pretrain.digest()[:8]}"
     storage = train_storage(cfg, storage)
     params = {**flatten(p), "rows": rows, "run_name": name}
