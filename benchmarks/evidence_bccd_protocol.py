@@ -44,8 +44,6 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="keep the outputs here (default: a temp dir)")
     args = ap.parse_args()
 
-    import ray
-
     from activessf.config import load_config
     from activessf.data.annotations import write_labelled_crops
     from activessf.evaluation.report import compare_runs
@@ -55,12 +53,13 @@ def main() -> None:
     from activessf.stages.filter import run_filter
     from activessf.stages.select import run_select
     from activessf.stages.select_eval import read_image_labels
+    from activessf.runtime import init_ray, shutdown_ray
     from activessf.tracking import init_mlflow
 
     work = args.out or Path(tempfile.mkdtemp(prefix="bccd_protocol_"))
     started = time.time()
     cfg = load_config(overrides=BUDGET + [f"run.work_dir={work / 'w'}"])
-    ray.init(include_dashboard=False, log_to_driver=False)
+    init_ray()  # the platform's local Ray, with its Ray Train settings
     init_mlflow(work / "w", "bccd-protocol")
     labels = read_image_labels(args.bccd / "wbc_subtypes.csv")
     counts = write_labelled_crops(args.bccd / "JPEGImages", args.bccd / "Annotations", "WBC", labels, work / "labelled")
@@ -76,7 +75,7 @@ def main() -> None:
     tests = {f"{b} vs {a}": compare_runs(runs[a], runs[b]) for b, a in
              [("MAE + CRF + ASS", "ViT"), ("MAE + CRF", "ViT"), ("MAE + CRF + ASS", "MAE + CRF"),
               ("MAE + CRF + ASS", "MAE"), ("MAE", "ViT")]}
-    ray.shutdown()
+    shutdown_ray()
     record = {"labelled": counts, "selected": sel["totals"], "budget": BUDGET,
               "summary": {k: v["summary"] for k, v in runs.items()},
               "tests": {k: {m: {kk: vv for kk, vv in r.items() if kk in ("a", "b", "p", "mean_diff")}
