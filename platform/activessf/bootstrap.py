@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
 from pathlib import Path
 from typing import Optional
 
@@ -114,7 +113,7 @@ def run_bootstrap(cfg: Config, regions: str | Path, labelled: str | Path, out: s
                     encoder = here / "encoder"
                     run_pretrain(round_config(cfg, source, None), encoder, regions=regions,
                                  selection=out / f"round{r - 1}" / "selection" if r > 0 else None,
-                                 name=f"bootstrap-r{r}-{uuid.uuid4().hex[:8]}",  # a new run: never resume
+                                 name=f"bootstrap-r{r}",  # + a digest of its inputs: resumes only the same
                                  storage=storage, overwrite=overwrite)
                     weights = str(encoder)
                 rcfg = round_config(cfg, "filtered", Path(weights) if weights else None, encoder is not None)

@@ -40,6 +40,13 @@ def mlflow_store(tmp_path):
     return tmp_path / "work"
 
 
+def run_dir(root, name):
+    """The Ray Train run of ``name`` (named ``<name>-<digest of the inputs>``)."""
+    found = list((root / "work" / "ray_results").glob(f"{name}-*"))
+    assert len(found) == 1, found
+    return found[0]
+
+
 def ckpt_dirs(run_dir):
     return [d for d in run_dir.glob("checkpoint_*") if d.is_dir()]
 
@@ -74,7 +81,7 @@ def test_two_gloo_workers_survive_nan_steps_a_killed_run_and_a_dead_worker(regio
     with pytest.raises(TrainingFailedError):
         run_pretrain(cfg, tmp_path / "a", regions=regions, selection=tmp_path / "sel", name="day", max_failures=0,
                      test_hooks={**nan, "fail_at_epoch": 2})
-    saved = max(map(load_state, ckpt_dirs(tmp_path / "work" / "ray_results" / "day")), key=lambda st: st["epoch"])
+    saved = max(map(load_state, ckpt_dirs(run_dir(tmp_path, "day"))), key=lambda st: st["epoch"])
     assert saved["epoch"] == 2 and saved["guard"]["skipped"] == 6 and saved["guard"]["rollbacks"] == 1
 
     rec = run_pretrain(cfg, tmp_path / "b", regions=regions, selection=tmp_path / "sel", name="day", max_failures=1,
@@ -83,7 +90,7 @@ def test_two_gloo_workers_survive_nan_steps_a_killed_run_and_a_dead_worker(regio
     assert rec["skipped_steps"] == 6 and rec["rollbacks"] == 1 and rec["lr_factor"] == 0.5  # kept across restarts
     assert rec["resumed"]["epoch"] == 3  # the restart's resume, from epoch 3's checkpoint
     # ... and before it, run 2 had resumed run 1's epoch-2 checkpoint with the very same optimiser state
-    by_epoch = {st["epoch"]: st for st in map(load_state, ckpt_dirs(tmp_path / "work" / "ray_results" / "day"))}
+    by_epoch = {st["epoch"]: st for st in map(load_state, ckpt_dirs(run_dir(tmp_path, "day")))}
     assert by_epoch[3]["resumed"] == {"epoch": 2, "optimizer_digest": saved["optimizer_digest"]}
     assert 0 < rec["startup"]["fit_to_loop_start"] < rec["startup"]["fit_to_first_step"]
     history = json.loads((tmp_path / "b" / "history.json").read_text())

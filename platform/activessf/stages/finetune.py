@@ -17,6 +17,7 @@ Each run is one MLflow run with a nested run per split (``NAME-fold3``; ``NAME-r
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -110,6 +111,15 @@ def fit_fold(cfg_json: dict, split: tuple[int, int] | str, train, val, meta: dic
     return out
 
 
+def inputs_key(ft, data: dict) -> str:
+    """8 hex digits naming a fine-tuning's inputs: its settings, its encoder's weights, the cells and splits."""
+    from ..finetune.model import classifier_spec
+
+    body = json.dumps([ft.digest(), classifier_spec(ft)[3].get("weights_digest"), folds_digest(data["folds"]),
+                       sorted(data["ids"])])
+    return hashlib.sha256(body.encode()).hexdigest()[:8]
+
+
 def split_name(split: tuple[int, int] | str, repeats: int) -> str:
     """``final``, ``fold3`` (one repeat: the names of a plain k-fold run) or ``r1-fold3``."""
     if split == "final":
@@ -135,10 +145,11 @@ def run_finetune(cfg: Config, labelled: str | Path, out: str | Path, *, folds_fi
         jobs = splits + (["final"] if ft.final_fit else [])
         names = {s: f"{name}-{split_name(s, data['repeats'])}" for s in jobs}
         runs = child_runs(list(names.values()))
+        key = inputs_key(ft, data)  # Ray Train runs resume only on the same inputs
         meta = {"train_rows": {s: train_rows(data, s) for s in jobs},
                 "num_classes": len(data["classes"]), "class_counts": data["counts"].tolist(),
                 "tracking_uri": store_uri(cfg.run.work_dir), "name": name, "storage": train_storage(cfg, storage),
-                "run_names": names, "fold_runs": {s: runs[names[s]] for s in jobs}, "resources": plan("finetune", cfg)}
+                "run_names": {s: f"{n}-{key}" for s, n in names.items()}, "fold_runs": {s: runs[names[s]] for s in jobs}, "resources": plan("finetune", cfg)}
         results = fit_folds(cfg, data["images"], jobs, meta)
         record = write_outputs(stage, cfg, data, results, labelled)
         record.update({"name": name, "mlflow_run_id": parent.info.run_id, "label_check": labels})

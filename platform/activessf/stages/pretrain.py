@@ -16,7 +16,8 @@ Output (``OUT``):
     reconstructions/reconstruction_epochNNNN.png   originals / masked / reconstructed (MAE-like methods)
     config.yaml
 Checkpoints live in Ray Train's storage (``--storage``, default
-``<work_dir>/ray_results``) under the run name; rerunning the same name resumes.
+``<work_dir>/ray_results``) under the run name plus a digest of the inputs; rerunning the same name on
+the same inputs resumes, on other inputs starts a new run.
 """
 
 from __future__ import annotations
@@ -110,6 +111,15 @@ def field_images(cfg: Config, fields: Optional[str], size: int):
     return ray.data.from_items(items).map_batches(field_crops, fn_kwargs=crops).materialize()
 
 
+def inputs_key(p, regions: Optional[str | Path], selection: Optional[str | Path], fields: Optional[str],
+               rows: int) -> str:
+    """8 hex digits naming a pretraining's inputs: its settings, its source and the images it trains on."""
+    kept = sorted(selected_ids(Path(selection))) if p.source == "selected" else None
+    where = {"regions": str(Path(regions).resolve()) if regions else None, "fields": fields}
+    body = json.dumps([p.digest(), p.source, where, rows, kept], default=str)
+    return hashlib.sha256(body.encode()).hexdigest()[:8]
+
+
 def startup_seconds(fit_started: float, timeline: dict) -> dict:
     """When ``fit()`` was called (epoch seconds) and the seconds from it to each start-up mark of the loop
     (the last worker attempt's: after a restart, the restart's)."""
@@ -122,7 +132,8 @@ def run_pretrain(cfg: Config, out: str | Path, *, regions: Optional[str | Path] 
                  test_hooks: Optional[dict] = None) -> StageResult:
     """Pretrain ``cfg.pretrain.method`` with Ray Train on the regions a ``selection`` kept (or every
     filtered region in ``regions``, or random crops of the smear ``fields``: ``pretrain.source``).
-    Rerunning the same ``name`` resumes from its last checkpoint. ``test_hooks`` inject faults (tests)."""
+    Rerunning the same ``name`` on the same inputs resumes from its last checkpoint (the Ray Train run is
+    ``<name>-<digest of the inputs>``). ``test_hooks`` inject faults (tests)."""
     from ..ssl import method_class  # torch and timm: not imported by the Ray Data tasks that use this module
 
     p = cfg.pretrain
@@ -139,7 +150,9 @@ def run_pretrain(cfg: Config, out: str | Path, *, regions: Optional[str | Path] 
         cfg = cfg.model_copy(update={"pretrain": p})
         log.info("%d optimiser steps: %d epochs of %d steps on %d images", p.step_target(), p.epochs,
                  spent["steps_per_epoch"], rows)
-    name = name or f"pretrain-{p.method}-{p.source}-{cfg.pretrain.digest()[:8]}"
+    # the Ray Train run (its checkpoints) is keyed by what it trains on: rerunning a name on the same inputs
+    # resumes it, on other inputs (another selection, other settings) starts afresh
+    name = f"{name or f'pretrain-{p.method}-{p.source}'}-{inputs_key(p, regions, selection, fields, rows)}"
     storage = train_storage(cfg, storage)
     params = {**flatten(p), "rows": rows, "run_name": name}
     with staged_output(out, overwrite) as stage, stage_run(cfg, "pretrain", params, f"pretrain-{p.method}") as run:
