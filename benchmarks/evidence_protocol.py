@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 import tempfile
 import time
@@ -79,15 +80,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", choices=sorted(DATA), required=True)
     ap.add_argument("--root", type=Path, help="the dataset (default: ../shared/data/<data>)")
-    ap.add_argument("--out", type=Path, default=None, help="keep the outputs here (default: a temp dir)")
+    ap.add_argument("--out", type=Path, default=None, help="keep the outputs here (default: a temp dir); rerun with "
+                    "the same --out to reuse the steps that finished")
     args = ap.parse_args()
     root = args.root or REPO.parent / "shared" / "data" / args.data
     spec = DATA[args.data]
 
-    from activessf.ablation import run_ablation
+    from activessf.ablation import row_slug, run_ablation
     from activessf.bootstrap import format_rounds, run_bootstrap
     from activessf.config import load_config
-    from activessf.evaluation.report import compare_runs, format_comparison
+    from activessf.evaluation.report import compare_runs, format_comparison, load_run
     from activessf.stages.filter import run_filter
     from activessf.stages.select_eval import region_classes
     from activessf.runtime import init_ray, shutdown_ray
@@ -101,40 +103,54 @@ def main() -> None:
     init_mlflow(work / "w", f"evidence-{args.data}")
     inputs = (bccd_inputs if args.data == "bccd" else wbc_seg1_inputs)(root, work)
 
-    t0 = time.time()
-    run_filter(cfg, inputs["fields"], work / "regions")
-    seconds["filter"] = round(time.time() - t0, 1)
+    def step(key: str, done: Path, run):  # each step once: a rerun with --out reuses what finished
+        if not done.exists():
+            t0 = time.time()
+            run()
+            seconds[key] = round(time.time() - t0, 1)
+
+    step("filter", work / "regions" / "regions", lambda: run_filter(cfg, inputs["fields"], work / "regions"))
     truth = region_classes(work / "regions", inputs["boxes"], spec["label"], image_labels=inputs["image_labels"])
-    t0 = time.time()
-    boot = run_bootstrap(cfg, work / "regions", inputs["labelled"], work / "bootstrap", truth=truth,
-                         rare=frozenset(spec["rare"]))
-    seconds["bootstrap"] = round(time.time() - t0, 1)
-    t0 = time.time()
-    one = run_ablation(cfg, inputs["labelled"], work / "ablation", regions=work / "regions",
-                       selection=work / "bootstrap" / "round0" / "selection", fields=inputs["fields"],
-                       rows=["ViT", "MAE", "MAE + CRF", "MAE + CRF + ASS"])
-    seconds["ablation"] = round(time.time() - t0, 1)
-    t0 = time.time()
-    two = run_ablation(cfg, inputs["labelled"], work / "ablation_round1", regions=work / "regions",
-                       selection=work / "bootstrap" / "round1" / "selection", rows=["ViT", "MAE + CRF + ASS"],
-                       finetunes={"ViT": work / "ablation" / "vit" / "finetune"})
-    seconds["ablation_round1"] = round(time.time() - t0, 1)
+    step("bootstrap", work / "bootstrap" / "rounds.json",
+         lambda: run_bootstrap(cfg, work / "regions", inputs["labelled"], work / "bootstrap", truth=truth,
+                               rare=frozenset(spec["rare"])))
+    step("ablation", work / "ablation" / "ablation.json",
+         lambda: run_ablation(cfg, inputs["labelled"], work / "ablation", regions=work / "regions",
+                              selection=work / "bootstrap" / "round0" / "selection", fields=inputs["fields"],
+                              rows=["ViT", "MAE", "MAE + CRF", "MAE + CRF + ASS"]))
+    rounds = json.loads((work / "bootstrap" / "rounds.json").read_text())
+    kept = rounds["rounds"][1]["selected"] if len(rounds["rounds"]) > 1 else 0
+    skipped = None if kept >= cfg.pretrain.batch_size else \
+        f"round 1 kept {kept} regions, fewer than a pretraining batch of {cfg.pretrain.batch_size}"
+    if skipped is None:
+        step("ablation_round1", work / "ablation_round1" / "ablation.json",
+             lambda: run_ablation(cfg, inputs["labelled"], work / "ablation_round1", regions=work / "regions",
+                                  selection=work / "bootstrap" / "round1" / "selection",
+                                  rows=["ViT", "MAE + CRF + ASS"], finetunes={"ViT": work / "ablation" / "vit" / "finetune"}))
     shutdown_ray()
 
-    runs = {k: {**v, "name": k} for k, v in one["runs"].items()}
-    runs["MAE + CRF + ASS (2 rounds)"] = {**two["runs"]["MAE + CRF + ASS"], "name": "MAE + CRF + ASS (2 rounds)"}
-    budgets = {**one["budgets"], "MAE + CRF + ASS (2 rounds)": two["budgets"].get("MAE + CRF + ASS")}
+    one = json.loads((work / "ablation" / "ablation.json").read_text())
+    runs = {r["name"]: {**load_run(work / "ablation" / row_slug(r) / "finetune"), "name": r["name"]}
+            for r in one["rows"]}
+    budgets = dict(one["budgets"])
     pairs = [("ViT", "MAE"), ("ViT", "MAE + CRF"), ("ViT", "MAE + CRF + ASS"), ("MAE", "MAE + CRF"),
-             ("MAE + CRF", "MAE + CRF + ASS"), ("MAE + CRF", "MAE + CRF + ASS (2 rounds)"),
-             ("MAE + CRF + ASS", "MAE + CRF + ASS (2 rounds)")]
+             ("MAE", "MAE + CRF + ASS"), ("MAE + CRF", "MAE + CRF + ASS")]
+    if skipped is None:
+        two = json.loads((work / "ablation_round1" / "ablation.json").read_text())
+        runs["MAE + CRF + ASS (2 rounds)"] = {**load_run(work / "ablation_round1" / "mae_crf_ass" / "finetune"),
+                                              "name": "MAE + CRF + ASS (2 rounds)"}
+        budgets["MAE + CRF + ASS (2 rounds)"] = two["budgets"].get("MAE + CRF + ASS")
+        pairs += [("MAE + CRF", "MAE + CRF + ASS (2 rounds)"), ("MAE + CRF + ASS", "MAE + CRF + ASS (2 rounds)")]
     tests = {f"{b} vs {a}": compare_runs(runs[a], runs[b], cfg.evaluate.significance) for a, b in pairs}
     record = {"data": args.data, "root": str(root), "labelled": inputs["counts"], "budget": overrides,
-              "rounds": dict(boot.summary)["rounds"], "budgets": budgets,
+              "rounds": rounds["rounds"], "budgets": budgets, "two_rounds_row": skipped or "run",
               "summary": {k: {m: v["summary"][m] for m in ("accuracy", "pr_auc", "f1")} for k, v in runs.items()},
               "tests": tests, "seconds": seconds, "minutes": round((time.time() - started) / 60, 1),
               "outputs": str(work)}
     path = write(f"evidence_protocol_{args.data}", record)
-    print(format_rounds(dict(boot.summary)))
+    print(format_rounds(rounds))
+    if skipped:
+        print(f"row MAE + CRF + ASS (2 rounds) not run: {skipped}")
     print(f"\n{'row':<28} {'accuracy':>16} {'macro PR-AUC':>16} {'macro F1':>16}  budget")
     for k, v in record["summary"].items():
         b = budgets.get(k) or {}

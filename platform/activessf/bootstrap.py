@@ -75,8 +75,9 @@ def round_record(r: int, selection: Path, previous: Optional[set], encoder: Opti
                  truth: Optional[dict], rare: set, seed: int) -> tuple[dict, set]:
     """One line of ``rounds.json`` and the round's selected ids."""
     chosen = selected_set(selection)
+    overlap = None if previous is None else round(jaccard(chosen, previous), 4)
     rec = {"round": r, "encoder": str(encoder) if encoder else None, "weights": weights, "selection": str(selection),
-           "selected": len(chosen), "jaccard_previous": None if previous is None else round(jaccard(chosen, previous), 4)}
+           "selected": len(chosen), "jaccard_previous": overlap}
     if truth:
         t = pq.read_table(selection / "selection", columns=["region_id", "selected"]).to_pydict()
         classes = np.array([truth.get(i, "unlabelled") for i in t["region_id"]], dtype=object)
@@ -92,7 +93,8 @@ def run_bootstrap(cfg: Config, regions: str | Path, labelled: str | Path, out: s
     """``select.rounds`` rounds of (pretrain ->) embed -> select on the filter output ``regions`` and the
     ``labelled`` cells. ``truth`` (region id -> class, e.g. from ``select-eval``'s matching) adds the
     rare-class and distractor shares per round. The result's summary is ``rounds.json``; its
-    ``selection`` and ``embeddings`` are the last round's."""
+    ``selection`` and ``embeddings`` are the last round's (rounds stop early, and ``stopped`` says why,
+    when a round keeps fewer regions than a pretraining batch)."""
     out = check_output(out, overwrite).resolve()
     (out / "rounds.json").unlink(missing_ok=True)  # rewritten when every round has run
     regions, labelled = Path(regions), Path(labelled)
@@ -101,7 +103,7 @@ def run_bootstrap(cfg: Config, regions: str | Path, labelled: str | Path, out: s
                     "INITIALISED %s", cfg.embed.backbone)
     params = {"rounds": cfg.select.rounds, "bootstrap_epochs": cfg.select.bootstrap_epochs,
               "bootstrap_steps": cfg.select.bootstrap_steps, "weights": cfg.embed.weights}
-    rounds, previous, weights = [], None, cfg.embed.weights
+    rounds, previous, weights, stopped = [], None, cfg.embed.weights, None
     started = time.time()
     with stage_run(cfg, "bootstrap", params) as run:
         for r in range(cfg.select.rounds):
@@ -124,16 +126,18 @@ def run_bootstrap(cfg: Config, regions: str | Path, labelled: str | Path, out: s
                 rec, previous = round_record(r, here / "selection", previous, encoder, weights, truth, set(rare),
                                              cfg.run.seed)
                 rounds.append(rec)
-                if r + 1 < cfg.select.rounds and rec["selected"] < cfg.pretrain.batch_size:
-                    log.warning("bootstrap round %d kept %d regions, fewer than a batch (pretrain.batch_size=%d): "
-                                "round %d pretrains on them alone; fewer rounds or looser bounds (select.alpha, "
-                                "select.bound_mode) keep more", r, rec["selected"], cfg.pretrain.batch_size, r + 1)
+            if r + 1 < cfg.select.rounds and rec["selected"] < cfg.pretrain.batch_size:
+                stopped = (f"round {r} kept {rec['selected']} regions, fewer than a batch (pretrain.batch_size="
+                           f"{cfg.pretrain.batch_size}): no round {r + 1} can pretrain on them")
+                log.warning("bootstrap stops: %s; its selection is the last (looser bounds, select.alpha or "
+                            "select.bound_mode, keep more)", stopped)
+                break
                 log.info("bootstrap round %d: %d regions selected%s", r, rec["selected"],
                          "" if rec["jaccard_previous"] is None else f", Jaccard {rec['jaccard_previous']:.3f} with "
                          f"round {r - 1}")
-        last = out / f"round{cfg.select.rounds - 1}"
+        last = out / f"round{len(rounds) - 1}"
         record = {"rounds": rounds, "selection": str(last / "selection"), "embeddings": str(last / "embeddings"),
-                  "weights": weights, "seconds": round(time.time() - started, 1)}
+                  "weights": weights, "stopped": stopped, "seconds": round(time.time() - started, 1)}
         (out / "rounds.json").write_text(json.dumps(record, indent=2))
         log_results(out, {f"round{x['round']}_selected": x["selected"] for x in rounds}, ["rounds.json"])
     return StageResult("bootstrap", out, record, run.info.run_id, ("rounds.json",))

@@ -44,15 +44,20 @@ def finetune_config(cfg: Config, encoder: Path | None, final_fit: bool = False) 
 
 
 def selection_dir(cfg: Config, work: Path) -> Path:
-    """Where the pipeline's selection is: ``work/selection``, or the last bootstrap round's."""
-    return work / "bootstrap" / f"round{cfg.select.rounds - 1}" / "selection" if bootstraps(cfg) else work / "selection"
+    """Where the pipeline's selection is: ``work/selection``, or the last bootstrap round's (once the
+    rounds have run: they may stop early)."""
+    if not bootstraps(cfg):
+        return work / "selection"
+    rounds = work / "bootstrap" / "rounds.json"
+    if rounds.is_file():
+        return Path(json.loads(rounds.read_text())["selection"])
+    return rounds.parent / "round0" / "selection"
 
 
 def steps(cfg: Config, smears: str, labelled: Path, work: Path) -> dict:
     """The stages in order, each the same function its own command runs, on the outputs before it. With
     ``select.rounds`` > 1, or no ``embed.weights`` and ``select.bootstrap`` on, embedding and selection run
     as bootstrap rounds (``work/bootstrap/``) and pretraining uses the last round's selection."""
-    selection = selection_dir(cfg, work)
     select = {
         "embed-regions": lambda: run_embed(cfg, "regions", work / "regions", work / "embeddings" / "regions",
                                            overwrite=True),
@@ -68,7 +73,8 @@ def steps(cfg: Config, smears: str, labelled: Path, work: Path) -> dict:
     return {
         "filter": lambda: run_filter(cfg, smears, work / "regions", overwrite=True),
         **select,
-        "pretrain": lambda: run_pretrain(cfg, work / "encoder", regions=work / "regions", selection=selection,
+        "pretrain": lambda: run_pretrain(cfg, work / "encoder", regions=work / "regions",
+                                         selection=selection_dir(cfg, work),
                                          name=f"{work.name}-{cfg.pretrain.method}-{cfg.pretrain.digest()[:8]}",
                                          storage=str(work / "ray_results"), overwrite=True),
         "finetune": lambda: run_finetune(finetune_config(cfg, work / "encoder", final_fit=True), labelled,

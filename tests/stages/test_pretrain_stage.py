@@ -122,3 +122,15 @@ def test_small_sets_travel_in_memory_with_the_same_images_ray_data_makes(regions
     assert sorted(im.tobytes() for im in inline["image"]) == rows and inline["image"].shape[1:] == (37, 37, 3)
     every = pq.read_table(regions / "regions", columns=["region_id"]).num_rows
     assert len(rows) == {"selected": half, "filtered": every, "fields": 6 * 4}[source]  # 4 crops per field
+
+
+def test_a_pool_smaller_than_a_batch_is_refused_before_training(regions, tmp_path, mlflow_store):
+    """Every step takes a whole batch: 4 images and a batch of 32 would run every epoch without a step."""
+    ids = pq.read_table(regions / "regions", columns=["region_id"]).column("region_id").to_pylist()
+    (tmp_path / "sel" / "selection").mkdir(parents=True)
+    pq.write_table(pa.table({"region_id": ids, "selected": [i < 4 for i in range(len(ids))]}),
+                   tmp_path / "sel" / "selection" / "part-0.parquet")
+    cfg = config(tmp_path, "pretrain.source=selected", "pretrain.batch_size=32")
+    with pytest.raises(ValueError, match="only 4 training images for a batch of 32: nothing to train on"):
+        run_pretrain(cfg, tmp_path / "out", regions=regions, selection=tmp_path / "sel")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "work" / "ray_results").exists()

@@ -141,8 +141,10 @@ def run_pretrain(cfg: Config, out: str | Path, *, regions: Optional[str | Path] 
     method = method_class(p, max(p.batch_size // (res.workers * p.accum_steps), 1))  # fails here, not in a worker
     images = training_images(cfg, Path(regions) if regions else None, Path(selection) if selection else None, fields)
     rows = row_count(images)
-    if rows < p.batch_size:
-        log.warning("only %d training images for a batch of %d: lower pretrain.batch_size", rows, p.batch_size)
+    if rows < p.batch_size:  # every step takes a whole batch: a smaller pool would train nothing, silently
+        raise ValueError(f"only {rows} training images for a batch of {p.batch_size}: nothing to train on; lower "
+                         f"pretrain.batch_size to at most {rows}, or give pretraining more images (pretrain.source, "
+                         "a looser selection)")
     spent = budget(rows, p.batch_size, res.workers, p.accum_steps, p.epochs, p.step_target())
     if spent["epochs"] != p.epochs:  # pretrain.steps or .images: the epochs that reach it on this pool
         p = p.model_copy(update={"epochs": spent["epochs"], "warmup_epochs": min(p.warmup_epochs, spent["epochs"] - 1),
