@@ -145,7 +145,9 @@ def run_bootstrap(cfg: Config, regions: str | Path, labelled: str | Path, out: s
 
 def format_rounds(record: dict) -> str:
     """rounds.json as a small text table."""
-    lines = ["round  selected  jaccard_prev  rare_share (random 95%)        distractor_share (random 95%)"]
+    scored = any(x.get("evidence") for x in record["rounds"])
+    lines = ["round  selected  jaccard_prev" + ("  rare_share (random 95%)        distractor_share (random 95%)"
+                                              if scored else "")]
     for x in record["rounds"]:
         ev, text = x.get("evidence"), ["", ""]
         if ev:
@@ -153,7 +155,10 @@ def format_rounds(record: dict) -> str:
             text = [f"{_f(ev['rare_share_selected'])} ({_f(rnd['rare_share_p2_5'])}-{_f(rnd['rare_share_p97_5'])})",
                     f"{_f(ev['distractor_share_selected'])} ({_f(rnd['distractor_share_p2_5'])}-"
                     f"{_f(rnd['distractor_share_p97_5'])})"]
-        lines.append(f"{x['round']:>5}  {x['selected']:>8}  {_f(x['jaccard_previous']):>12}  {text[0]:<30} {text[1]}")
+        lines.append(f"{x['round']:>5}  {x['selected']:>8}  {_f(x['jaccard_previous']):>12}" +
+                     (f"  {text[0]:<30} {text[1]}" if scored else ""))
+    if record.get("stopped"):
+        lines.append(f"stopped early: {record['stopped']}")
     return "\n".join(lines)
 
 
