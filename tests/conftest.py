@@ -212,6 +212,7 @@ def head(tmp_path_factory, own_ray):
 # with a final fit, registered as `jobtest`; the ablation's ViT row on the same folds) are what the
 # fine-tuning, registry and serving tests check.
 DEMO_JOB = ["synth.images=3", "synth.labelled=55", "synth.width=512", "synth.height=384", "pretrain.epochs=2",
+            "select.bootstrap_epochs=1",
             "pretrain.batch_size=2", "pretrain.num_workers=1", "finetune.epochs=1", "finetune.warmup_epochs=0",
             "register.model_name=jobtest", "register.max_image_pixels=600000"]
 
