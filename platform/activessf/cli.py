@@ -90,6 +90,21 @@ def start_stage(args: argparse.Namespace, ray: bool = True):
     return cfg
 
 
+# ------------------------------------------------------------------ output
+
+_OUTPUT = {"json": False}  # set by main() from --json
+
+
+def say(*parts, **kwargs) -> None:
+    """Text for a person: stdout, or stderr under ``--json`` (stdout then carries exactly one JSON document)."""
+    print(*parts, file=sys.stderr if _OUTPUT["json"] else sys.stdout, **kwargs)
+
+
+def emit(document) -> None:
+    """A command's machine-readable result: the one JSON document on stdout."""
+    print(json.dumps(document, indent=2, default=str))
+
+
 # ------------------------------------------------------------------ commands
 
 
