@@ -112,10 +112,19 @@ def test_save_roundtrip_and_digest(tmp_path):
     assert flatten(c)["select.alpha"] == 1.0
 
 
-def test_presets_load():
-    assert "demo" in presets()
+def test_presets_load_and_combine_in_order():
+    assert {"demo", "wbc", "cpu", "gpu"} <= set(presets())
     for name in presets():
         load_config(preset=name)
+    both = load_config(preset="wbc,cpu")
+    assert both.filter.mask == "absorbance" and both.pretrain.model == "tiny"  # one from each
+    assert load_config(preset="cpu,demo").pretrain.model == "micro"  # the later preset wins
+    assert load_config(preset="demo,cpu").pretrain.model == "tiny"
+    gpu = load_config(preset="gpu")
+    assert (gpu.pretrain.model, gpu.pretrain.epochs, gpu.finetune.epochs, gpu.pretrain.batch_size) == \
+        ("base", 400, 50, 64)  # the paper's recipe: the preset adds only what the hardware decides
+    with pytest.raises(ConfigError, match="unknown preset 'nope'"):
+        load_config(preset="wbc,nope")
 
 
 def test_cli_reports_config_errors_with_exit_code_2():

@@ -55,7 +55,8 @@ def command(name: str):
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="YAML file with config sections")
-    p.add_argument("--preset", help=f"a shipped preset: {', '.join(presets())}")
+    p.add_argument("--preset", help=f"shipped presets, comma-separated and applied in order (e.g. wbc,cpu): "
+                   f"{', '.join(presets())}")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override one value, e.g. --set filter.fill_rate=0.5 (repeatable)")
     p.add_argument("--work-dir", help="where outputs and the local MLflow store go (run.work_dir)")

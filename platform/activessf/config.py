@@ -499,12 +499,13 @@ def merge(base: dict, top: dict) -> dict:
 def load_config(
     path: str | Path | None = None, overrides: Sequence[str] = (), preset: str | None = None
 ) -> Config:
-    """Defaults, then a shipped preset, then the YAML file, then ``--set`` overrides; validated."""
+    """Defaults, then the shipped presets (comma-separated, in order), then the YAML file, then ``--set``
+    overrides; validated."""
     # Start from the defaults so that overriding one key of a mapping (synth.mix.CA-MK=0.05)
     # keeps the others; unknown keys from files still surface as errors.
     raw = Config().model_dump(mode="json")
-    if preset:
-        raw = merge(raw, read_preset(preset))
+    for name in filter(None, (preset or "").split(",")):  # "wbc,cpu": applied in that order
+        raw = merge(raw, read_preset(name.strip()))
     if path:
         raw = merge(raw, read_yaml(path))
     return build_config(apply_overrides(raw, overrides))
