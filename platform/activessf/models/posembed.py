@@ -19,4 +19,5 @@ def sincos_2d(dim: int, grid: int, cls_token: bool = True) -> torch.Tensor:
     emb = np.concatenate([one(xs), one(ys)], axis=1)  # (grid*grid, dim)
     if cls_token:
         emb = np.concatenate([np.zeros((1, dim)), emb], axis=0)
-    return torch.from_numpy(emb).float().unsqueeze(0)
+    # torch.tensor, not from_numpy: it follows a ``with torch.device(...)`` context (timm's meta-device builds)
+    return torch.tensor(emb, dtype=torch.float32).unsqueeze(0)
