@@ -46,15 +46,22 @@ def load_masks(spec: str | Path) -> dict[str, list[tuple[str, Box, None]]]:
     return {p.stem: read_mask(p) for p in files}
 
 
+def voc_object(obj: ET.Element) -> tuple[str, Box]:
+    """One VOC ``<object>`` as (name, (x, y, w, h)) in 0-based pixels; VOC corners are inclusive, 1-based.
+    Raises ValueError naming what is missing or not a number."""
+    name, bb = obj.findtext("name"), obj.find("bndbox")
+    if not (name or "").strip() or bb is None:
+        raise ValueError("object without a <name> or a <bndbox>")
+    try:
+        x0, y0, x1, y1 = (int(round(float(bb.findtext(t)))) for t in ("xmin", "ymin", "xmax", "ymax"))
+    except (TypeError, ValueError):
+        raise ValueError("<bndbox> without numeric xmin, ymin, xmax, ymax") from None
+    return name.strip(), (x0 - 1, y0 - 1, x1 - x0 + 1, y1 - y0 + 1)
+
+
 def read_voc(path: str | Path) -> list[tuple[str, Box, None]]:
     """Objects of one VOC XML file as (name, (x, y, w, h), None); VOC corners are inclusive, 1-based."""
-    root = ET.parse(path).getroot()
-    out = []
-    for obj in root.iter("object"):
-        bb = obj.find("bndbox")
-        x0, y0, x1, y1 = (int(round(float(bb.find(t).text))) for t in ("xmin", "ymin", "xmax", "ymax"))
-        out.append((obj.find("name").text.strip(), (x0 - 1, y0 - 1, x1 - x0 + 1, y1 - y0 + 1), None))
-    return out
+    return [(*voc_object(obj), None) for obj in ET.parse(path).getroot().iter("object")]
 
 
 def load_boxes(spec: str | Path) -> dict[str, list[tuple[str, Box, str | None]]]:
