@@ -51,9 +51,11 @@ def test_a_result_is_frozen_and_reads_like_its_summary(tmp_path):
 
 
 @pytest.mark.parametrize("cluster, expected", [
-    (Cluster(cpus=2, gpus=0), {"filter": (False, 2, 1.0, 1), "embed": (False, 2, 1, 1), "pretrain": (False, 2, 1, 1),
+    (Cluster(cpus=2, gpus=0), {"filter": (False, 2, 1.0, 1), "embed": (False, 2, 1, 1), "predict": (False, 2, 1.0, 1),
+                               "pretrain": (False, 2, 1, 1),
                                "finetune": (False, 1, 1, 2), "sweep-selection": (False, 2, 1, 1)}),
-    (Cluster(cpus=64, gpus=8), {"filter": (False, 64, 1.0, 1), "embed": (True, 8, 1, 1), "pretrain": (True, 8, 1, 1),
+    (Cluster(cpus=64, gpus=8), {"filter": (False, 64, 1.0, 1), "embed": (True, 8, 1, 1), "predict": (True, 8, 1, 1),
+                                "pretrain": (True, 8, 1, 1),
                                 "finetune": (True, 1, 1, 8), "sweep-selection": (True, 2, 1, 4)}),
 ])
 def test_resources_follow_the_cluster(cluster, expected):

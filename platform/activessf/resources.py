@@ -14,7 +14,7 @@ from typing import Optional
 
 from .config import Config
 
-STAGES = ("filter", "embed", "pretrain", "finetune", "sweep-selection", "sweep-filter")
+STAGES = ("filter", "embed", "predict", "pretrain", "finetune", "sweep-selection", "sweep-filter")
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,10 @@ def plan(stage: str, cfg: Config, where: Optional[Cluster] = None, cpus_per_task
         return Resources(False, max(int(c.cpus / cpus_per_task), 1), cpus_per_task, blocks=4 * c.cpus)
     if stage == "embed":  # an actor per GPU, else per CPU
         return Resources(c.gpus > 0, c.gpus or c.cpus, 1, blocks=4 * (c.gpus or c.cpus))
+    if stage == "predict":  # an actor per GPU (the model stays on it), else CPU tasks like the filter's
+        if c.gpus:
+            return Resources(True, c.gpus, 1, blocks=4 * c.gpus)
+        return Resources(False, max(int(c.cpus / cpus_per_task), 1), cpus_per_task, blocks=4 * c.cpus)
     if stage == "pretrain":
         use_gpu = _use_gpu(cfg.pretrain.use_gpu, c)
         workers = cfg.pretrain.num_workers or (c.gpus if use_gpu else min(2, c.cpus))

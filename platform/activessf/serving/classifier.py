@@ -47,13 +47,25 @@ class CellClassifier:
     @classmethod
     def load(cls, model_dir: str | Path, filter_cfg: FilterConfig | None = None,
              limits: Limits | None = None) -> "CellClassifier":
-        from ..finetune.model import create_classifier
-
         model_dir = Path(model_dir)
         spec = json.loads((model_dir / "model.json").read_text())
+        state = torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True)
+        return cls.from_state(spec, state, filter_cfg, limits)
+
+    @classmethod
+    def from_state(cls, spec: dict, state: dict, filter_cfg: FilterConfig | None = None,
+                   limits: Limits | None = None) -> "CellClassifier":
+        """From ``model.json``'s record and the state dict of ``model.pt`` (e.g. shipped to Ray workers)."""
+        from ..finetune.model import create_classifier
+
         model = create_classifier(spec["timm_name"], spec["timm_kwargs"], spec["num_classes"])
-        model.load_state_dict(torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True))
+        model.load_state_dict(state)
         return cls(model, spec, filter_cfg or FilterConfig(), limits or Limits())
+
+    def to(self, device) -> "CellClassifier":
+        """Run the network on ``device`` (a ``torch.device``); probabilities still come back as numpy."""
+        self.model.to(device)
+        return self
 
     def decode(self, data: bytes, index: int) -> np.ndarray:
         """RGB uint8 of input ``index``, or :class:`BadInput` saying why not."""
@@ -72,11 +84,12 @@ class CellClassifier:
         """Class probabilities (N, C) of RGB uint8 crops of any size."""
         if not len(crops):
             return np.zeros((0, len(self.classes)), np.float32)
+        device = next(self.model.parameters()).device
         out = []
         for i in range(0, len(crops), batch):
             x = torch.stack([self.view(torch.from_numpy(np.ascontiguousarray(c)).permute(2, 0, 1))
-                             for c in crops[i:i + batch]])
-            out.append(torch.softmax(self.model(x).float(), dim=1).numpy())
+                             for c in crops[i:i + batch]]).to(device)
+            out.append(torch.softmax(self.model(x).float(), dim=1).cpu().numpy())
         return np.concatenate(out)
 
     def cells(self, rgb: np.ndarray, kind: str) -> list[tuple[tuple[int, int, int, int], np.ndarray]]:
