@@ -16,7 +16,8 @@ Table III the MAE rows. The ViT rows fine-tune the encoder their method exported
 what the encoder was pretrained on.
 
 Output: ``OUT/<row>/`` (the pretraining and fine-tuning outputs of each row),
-``OUT/report.md``, ``OUT/report.html``, ``OUT/figure3.png``, ``OUT/ablation.json``.
+``OUT/report.md``, ``OUT/report.html``, ``OUT/figure3.png``, ``OUT/ablation.json``, ``OUT/pictures/`` (Fig. 4:
+PR curves and misclassified cells of the two runs Fig. 3 shows).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from .training.schedule import budget
 
 log = logging.getLogger(__name__)
 
-FILES = ("report.html", "report.md", "figure3.png", "ablation.json")
+FILES = ("report.html", "report.md", "figure3.png", "ablation.json", "pictures")
 
 SOURCES = (("fields", "", {"CRF": False, "ASS": False}),
            ("filtered", " + CRF", {"CRF": True, "ASS": False}),
@@ -141,7 +142,8 @@ def run_ablation(cfg: Config, labelled: str | Path, out: str | Path, *, regions:
                                  "reused fine-tuning run must use the folds of the others (fine-tune it with --folds)")
         pairs = pairs_for(rows)
         write_report(runs, stage, "ActiveSSF ablation", pairs, ablation=table3_rows(rows),
-                     level=cfg.evaluate.significance, table2={r["name"]: r["table2"] for r in rows if r["table2"]})
+                     level=cfg.evaluate.significance, table2={r["name"]: r["table2"] for r in rows if r["table2"]},
+                     run_dirs={r["name"]: finetunes.get(r["name"], stage / row_slug(r) / "finetune") for r in rows})
         budgets = {k: v for k, v in budgets.items() if v}
         record = {"rows": rows, "folds": str(folds_file), "label_check": labels,
                   "table2": {r["name"]: r["table2"] for r in rows if r["table2"]},

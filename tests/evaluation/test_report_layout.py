@@ -102,3 +102,42 @@ def test_ablation_rows_pretrain_for_the_steps_the_selected_pool_takes(tmp_path):
     assert "at most 20.0% over" in format_budgets(close, 50) and "| MAE | 2 | 60 | 480 | 12.5 |" in format_budgets(close, 50)
     close["MAE"].update(epochs=3, steps=90)  # a whole epoch more than the target needed
     assert not equal_budgets(close, 50) and "unequal steps" in format_budgets(close, 50)
+
+
+def test_report_shows_pr_curves_and_misclassified_cells_of_the_figure_pair(tmp_path):
+    """Fig. 4 from the runs' outputs (predictions.parquet, metrics.json, folds.json naming the cells); a run
+    without an output directory, or without predictions, is left out."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from activessf.imageio import read_rgb, write_png
+
+    cells = tmp_path / "cells"
+    for c in CLASSES:
+        write_png(cells / c / "0.png", np.full((16, 16, 3), 120, np.uint8))
+    runs = {name: run_record(name, skill) for name, skill in (("base", 0.2), ("ours", 2.0), ("other", 1.0))}
+    dirs = {}
+    for name in ("base", "ours"):
+        d = dirs[name] = tmp_path / name
+        d.mkdir()
+        (d / "metrics.json").write_text(json.dumps(runs[name]))
+        (d / "folds.json").write_text(json.dumps({"labelled": str(cells)}))
+        probs = np.eye(3)[[1, 2, 0]] * 0.8 + 0.1 if name == "base" else np.eye(3) * 0.8 + 0.1  # base: all wrong
+        pq.write_table(pa.table({"id": [f"{c}/0.png" for c in CLASSES], "label": CLASSES,
+                                 **{f"p_{c}": probs[:, i] for i, c in enumerate(CLASSES)}}), d / "predictions.parquet")
+    dirs["other"] = tmp_path / "empty"  # no predictions: no pictures
+    write_report(runs, tmp_path / "r", "fig4", {"ours": "base"}, run_dirs=dirs)
+    md = (tmp_path / "r" / "report.md").read_text()
+    links = [line for line in md.split("## Fig. 4")[1].splitlines() if line.startswith("![")]
+    assert links == ["![base: pr curves](pictures/base_pr_curves.png)",
+                     "![base: misclassified](pictures/base_misclassified.png)",
+                     "![ours: pr curves](pictures/ours_pr_curves.png)",
+                     "![ours: misclassified](pictures/ours_misclassified.png)"]
+    wide = {p: read_rgb(tmp_path / "r" / "pictures" / f"{p}_misclassified.png").shape[1] for p in ("base", "ours")}
+    assert wide == {"base": 6 + 3 * 118, "ours": 360}  # ours made no mistake: a note instead
+    assert (tmp_path / "r" / "report.html").read_text().count("data:image/png;base64,") == 5
+    write_report(runs, tmp_path / "plain", "no dirs", {"ours": "base"})
+    assert "Fig. 4" not in (tmp_path / "plain" / "report.md").read_text()
+

@@ -94,6 +94,16 @@ def test_outputs_summary_config_and_figures(ray_cluster, inputs, tmp_path):
     assert json.loads((tmp_path / "o" / "summary.json").read_text()) == dict(summary.summary)
     assert summary["images_ok"] == 3 and summary["images_failed"] == 0 and summary["images_per_s"] > 0
     assert load_config(tmp_path / "o" / "config.yaml").filter.max_pixels == TEST_MAX_PIXELS
+    # one overlay per field (3 < filter.overlays = 6), drawn from the source image with its kept boxes in green
+    overlays = sorted((tmp_path / "o" / "overlays").glob("*.png"))
+    assert [p.name for p in overlays] == ["00_field_0.png", "01_field_1.png", "02_field_2.png"]
+    kept = {os.path.basename(r["source"]) for r in read_table(tmp_path / "o", "regions", ["source"]).to_pylist()}
+    for p in overlays:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        img = decode_png(p.read_bytes())
+        assert img.shape == (256 + 40, 320, 3)  # the field, not scaled, under a caption strip
+        green = ((img[..., 1] > 150) & (img[..., 0] < 60) & (img[..., 2] < 60)).sum()
+        assert (green > 100) == (p.name[3:] in kept)
 
 
 def test_rerun_refuses_and_overwrite_replaces_atomically(ray_cluster, inputs, tmp_path):
@@ -113,9 +123,9 @@ def test_rerun_refuses_and_overwrite_replaces_atomically(ray_cluster, inputs, tm
 
 def test_no_regions_still_writes_readable_tables(ray_cluster, inputs, tmp_path):
     good, _, _ = inputs
-    cfg = load_config(overrides=["filter.min_box=5000"])
+    cfg = load_config(overrides=["filter.min_box=5000", "filter.overlays=0"])
     summary = run_filter(cfg, str(good), tmp_path / "o")
-    assert summary["regions_kept"] == 0
+    assert summary["regions_kept"] == 0 and not (tmp_path / "o" / "overlays").exists()  # overlays = 0: none
     assert read_table(tmp_path / "o", "regions").num_rows == 0
 
 
@@ -132,7 +142,8 @@ def test_mlflow_run_records_config_summary_and_figures(ray_cluster, inputs, tmp_
     assert run.data.params["min_box"] == "70" and run.data.params["fill_rate"] == "0.7"
     assert run.data.metrics["regions_kept"] == summary["regions_kept"]
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "summary.json", "contact_sheet.png", "region_stats.png"} <= arts
+    assert {"config.yaml", "summary.json", "contact_sheet.png", "region_stats.png", "overlays"} <= arts
+    assert len(mlflow.MlflowClient().list_artifacts(run.info.run_id, "overlays")) == 3
 
 
 def test_cli_and_job_script_join_the_running_cluster(ray_cluster, inputs, tmp_path, repo, capsys):

@@ -76,12 +76,18 @@ def test_every_region_gets_a_recorded_decision(pipeline, fitted):
     assert sum(r["selected"] for r in report["clusters"]) == report["totals"]["selected"] == sum(d["selected"])
     assert sum(r["n"] for r in report["clusters"]) == 55
     assert (out / "distances.png").is_file() and list((out / "clusters").glob("*.png"))
+    from activessf.imageio import read_rgb
+
+    assert (out / "embedding_map.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    h, w, _ = read_rgb(out / "embedding_map.png").shape
+    assert 400 < h < 700 and w > 1.8 * h  # the map and the distance / threshold panel side by side
 
 
 def test_a_snapshot_reselects_without_refit_and_takes_new_bounds(pipeline, fitted, tmp_path):
     """(Bitwise repeatability: the CLI's fit below, and the crash test, reproduce ``fitted`` exactly.)"""
     out, _ = fitted
     run_select(config(), pipeline["emb_regions"], tmp_path / "b", snapshot=out / "prototypes.npz")
+    assert (tmp_path / "b" / "embedding_map.png").is_file()  # without the labelled cells
     assert selection(out).drop_columns(["prototypes_version"]).equals(
         selection(tmp_path / "b").drop_columns(["prototypes_version"]))
     looser = config("select.bound_mode=absolute", "select.lb=0", "select.ub=1000", "select.alpha=0")

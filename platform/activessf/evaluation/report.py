@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -164,12 +165,17 @@ def figure3(runs: dict[str, dict], path: Path, pair: Optional[tuple[str, str]] =
 
 def write_report(runs: dict[str, dict], out: str | Path, title: str, pairs: Optional[dict[str, str]] = None,
                  ablation: Optional[list[dict]] = None, level: float = 0.05,
-                 table2: Optional[dict[str, str]] = None) -> dict[str, Path]:
+                 table2: Optional[dict[str, str]] = None,
+                 run_dirs: Optional[dict[str, str | Path]] = None) -> dict[str, Path]:
     """report.md and a self-contained report.html (figures inlined) in ``out``; ``table2`` as
-    ``labels`` of :func:`format_table2`."""
+    ``labels`` of :func:`format_table2`. With ``run_dirs`` (run name -> its `finetune` output), Fig. 4:
+    per-class PR curves and the most confidently misclassified cells of the runs Fig. 3 shows
+    (``pictures/<run>_pr_curves.png``, ``pictures/<run>_misclassified.png``)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    fig = figure3(runs, out / "figure3.png", _fig_pair(runs, pairs))
+    pair = _fig_pair(runs, pairs)
+    fig = figure3(runs, out / "figure3.png", pair)
+    pictures = run_pictures_for(list(pair) if pair else list(runs)[-2:], run_dirs or {}, out)
     sections = [("Table I. Per-class PR-AUC (%)", format_table1(runs)),
                 ("Table II. Accuracy, PR-AUC and F1 (%), mean ± std over the splits; * p < "
                  f"{level} (corrected resampled t-test; the paper's paired p is in the comparisons below) against "
@@ -183,11 +189,32 @@ def write_report(runs: dict[str, dict], out: str | Path, title: str, pairs: Opti
     for c in comparisons:
         md += ["```", format_comparison(c), "```", ""]
     md += ["## Fig. 3. Confusion matrices and per-class PR-AUC", "", f"![Fig. 3]({fig.name})", ""]
+    if pictures:
+        md += [f"## {FIG4}", ""] + [f"![{name}]({p.relative_to(out)})" for name, p in pictures] + [""]
     (out / "report.md").write_text("\n".join(md))
-    (out / "report.html").write_text(_html(title, sections, comparisons, fig))
+    (out / "report.html").write_text(_html(title, sections, comparisons, fig, pictures))
     (out / "report.json").write_text(json.dumps({"runs": {k: v["summary"] for k, v in runs.items()},
                                                  "comparisons": comparisons}, indent=1))
     return {"md": out / "report.md", "html": out / "report.html", "figure": fig}
+
+
+FIG4 = ("Fig. 4. Per-class precision-recall (pooled over the held-out splits) and the most confidently "
+        "misclassified cells (true, predicted, confidence)")
+
+
+def run_pictures_for(names: list[str], run_dirs: dict, out: Path) -> list[tuple[str, Path]]:
+    """PR curves and misclassified galleries of the runs ``names`` that have an output in ``run_dirs``, drawn
+    from their predictions into ``out/pictures``: [(caption, path), ...]."""
+    from .pictures import PICTURES, run_pictures
+
+    drawn = []
+    for name in names:
+        if name not in run_dirs:
+            continue
+        slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+        if run_pictures(run_dirs[name], out / "pictures", prefix=f"{slug}_") is not None:
+            drawn += [(f"{name}: {pic[:-4].replace('_', ' ')}", out / "pictures" / f"{slug}_{pic}") for pic in PICTURES]
+    return drawn
 
 
 def _fig_pair(runs: dict, pairs: Optional[dict]) -> Optional[tuple[str, str]]:
@@ -198,7 +225,7 @@ def _fig_pair(runs: dict, pairs: Optional[dict]) -> Optional[tuple[str, str]]:
     return None
 
 
-def _html(title: str, sections: list, comparisons: list, fig: Path) -> str:
+def _html(title: str, sections: list, comparisons: list, fig: Path, pictures: list = ()) -> str:
     def table(md: str) -> str:
         rows = [r.strip("|").split("|") for r in md.splitlines() if not r.startswith("|---")]
         head = "".join(f"<th>{html.escape(c.strip())}</th>" for c in rows[0])
@@ -212,6 +239,11 @@ def _html(title: str, sections: list, comparisons: list, fig: Path) -> str:
     for c in comparisons:
         parts.append(f"<pre>{html.escape(format_comparison(c))}</pre>")
     parts += ["<h2>Fig. 3. Confusion matrices and per-class PR-AUC</h2>", f'<img src="data:image/png;base64,{img}">']
+    if pictures:
+        parts.append(f"<h2>{html.escape(FIG4)}</h2>")
+    for name, path in pictures:
+        data = base64.b64encode(path.read_bytes()).decode()
+        parts += [f"<h3>{html.escape(name)}</h3>", f'<img src="data:image/png;base64,{data}">']
     style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
              "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}img{max-width:100%}")
     return f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>" \
