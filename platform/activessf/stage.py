@@ -18,10 +18,13 @@ and the CLI, the jobs, the pipeline, the demo and the sweep consume its
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
+import subprocess
 import time
 import uuid
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,8 +134,8 @@ def stage_run(cfg: Config, stage: str, params: Mapping[str, Any], run_name: Opti
     import mlflow
 
     ensure_mlflow(cfg.run.work_dir, cfg.run.experiment)
-    with mlflow.start_run(run_name=run_name or stage, nested=mlflow.active_run() is not None) as run:
-        mlflow.set_tag("activessf.stage", stage)
+    with mlflow.start_run(run_name=run_name or stage, nested=mlflow.active_run() is not None,
+                          tags={"activessf.stage": stage, **code_version_tags()}) as run:
         if params:
             mlflow.log_params({k: _param(v) for k, v in params.items()})
         yield run
@@ -145,9 +148,82 @@ def child_runs(names: Sequence[str]) -> dict[str, str]:
 
     ids = {}
     for name in names:
-        with mlflow.start_run(run_name=name, nested=True) as run:
+        with mlflow.start_run(run_name=name, nested=True, tags=code_version_tags()) as run:
             ids[name] = run.info.run_id
     return ids
+
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> dict[str, str]:
+    """The code this process runs: ``version`` (the installed ``activessf`` distribution), and when the
+    package is imported from a git checkout, ``git_commit`` and ``git_dirty`` ("true" when tracked files
+    differ from the commit). Computed once per process; never raises (no git, no checkout: no commit)."""
+    from importlib import metadata
+
+    try:
+        out = {"version": metadata.version("activessf")}
+    except metadata.PackageNotFoundError:
+        out = {"version": "unknown"}
+    root = PACKAGE_ROOT.parents[1]  # <checkout>/platform/activessf
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+
+    try:
+        if Path(git("rev-parse", "--show-toplevel")).resolve() == root.resolve():  # not a checkout around a venv
+            out["git_commit"] = git("rev-parse", "HEAD")
+            out["git_dirty"] = str(bool(git("status", "--porcelain", "--untracked-files=no"))).lower()
+    except (OSError, subprocess.SubprocessError, ValueError):
+        pass
+    return out
+
+
+def code_version_tags() -> dict[str, str]:
+    """:func:`code_version` as run tags: ``activessf.version``, ``activessf.git_commit``,
+    ``activessf.git_dirty``, and MLflow's own ``mlflow.source.git.commit`` (shown in its UI)."""
+    version = code_version()
+    tags = {f"activessf.{k}": v for k, v in version.items()}
+    if "git_commit" in version:
+        tags["mlflow.source.git.commit"] = version["git_commit"]
+    return tags
+
+
+def log_dataset(name: str, path: str | Path, digest: str, context: str = "training", **tags: Any) -> None:
+    """Record ``path`` (a labelled set, a regions table) as an input of the active run: an MLflow dataset
+    named ``name`` with the platform's ``digest`` of its content, its location as the source, ``context``
+    (training, selection...) and ``tags`` (e.g. ``cells=120``). The run page lists it under its inputs."""
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    location = str(path) if "://" in str(path) else str(Path(path).resolve())
+    with warnings.catch_warnings():  # "can be interpreted in multiple ways": two local sources, the same class
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(location)
+    mlflow.log_input(MetaDataset(source, name=name, digest=digest), context=context,
+                     tags={k: str(v) for k, v in tags.items()})
+
+
+def log_labelled_input(labelled: str | Path, context: str = "training") -> dict:
+    """The labelled set (ImageFolder or CSV) as the active run's input ``labelled``; returns its digest record."""
+    from .data.labelled import labelled_digest
+
+    record = labelled_digest(labelled)
+    log_dataset("labelled", labelled, record["digest"], context, cells=record["cells"])
+    return record
+
+
+def log_regions_input(regions: str | Path, context: str = "training") -> dict:
+    """A filter output's regions table as the active run's input ``regions``; returns its digest record."""
+    from .regions.records import regions_digest
+
+    record = regions_digest(regions)
+    log_dataset("regions", Path(regions) / "regions", record["digest"], context, regions=record["regions"])
+    return record
 
 
 def log_results(out: Path, metrics: Mapping[str, Any], artifacts: Sequence[str | tuple[str, str]] = (),

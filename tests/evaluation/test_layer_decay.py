@@ -54,3 +54,29 @@ def test_a_pretrained_encoder_sets_the_fine_tuning_input_size(tmp_path):
     (tmp_path / "encoder.json").write_text(json.dumps({"image_size": 64, "timm_name": "vit_tiny_patch16_224"}))
     assert at_encoder_size(FinetuneConfig(init=str(tmp_path), image_size=224)).image_size == 64
     assert at_encoder_size(FinetuneConfig(image_size=96)).image_size == 96
+
+
+def test_what_timms_param_groups_layer_decay_would_change():
+    """Why training/optim.py keeps its own groups: timm's public function agrees on weight decay and on
+    every ViT layer but the final norm (last block's rate, not the head's), and splits a ResNet per block
+    rather than per stage. If timm's grouping comes to equal ours, this fails: switch to it then."""
+    from timm.optim import param_groups_layer_decay
+
+    def timm_groups(model):
+        names = {id(p): n for n, p in model.named_parameters()}
+        skip = getattr(model, "no_weight_decay", set)()
+        groups = param_groups_layer_decay(model, 0.05, no_weight_decay_list=skip, layer_decay=0.75)
+        return {names[id(p)]: (g["lr_scale"], g["weight_decay"]) for g in groups for p in g["params"]}
+
+    def ours(model):
+        groups = layer_decay_groups(model, 0.05, 0.75)
+        return {n: (g["lr_scale"], g["weight_decay"]) for g in groups for n in g["names"]}
+
+    vit, _ = build_classifier(FinetuneConfig(backbone="vit_tiny_patch16_224", backbone_kwargs=VIT), 3)
+    a, b = ours(vit), timm_groups(vit)
+    assert {n: v[1] for n, v in a.items()} == {n: v[1] for n, v in b.items()}  # the same weight decay
+    differ = {n for n in a if a[n][0] != pytest.approx(b[n][0])}
+    assert differ == {"norm.weight", "norm.bias"} and b["norm.weight"][0] == pytest.approx(0.75)
+    resnet, _ = build_classifier(FinetuneConfig(backbone="resnet18", drop_path=0.0), 4)
+    a, b = ours(resnet), timm_groups(resnet)
+    assert len({v[0] for v in a.values()}) == 6 and len({v[0] for v in b.values()}) > 6  # stages vs blocks

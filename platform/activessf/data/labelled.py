@@ -38,6 +38,14 @@ def cell_id(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
+def labelled_digest(spec: str | Path) -> dict:
+    """The labelled set's content: ``cells`` (rows) and ``digest``, 16 hex digits over every (cell id, label)
+    pair: the same for the same images and labels under any paths or layout (ImageFolder or CSV), different
+    when an image or a label changes. What runs record as their labelled-set input."""
+    pairs = sorted(f"{cell_id(p)}\t{label}" for p, label in list_labelled(spec))
+    return {"cells": len(pairs), "digest": hashlib.sha256("\n".join(pairs).encode()).hexdigest()[:16]}
+
+
 def write_labelled_csv(pairs: Iterable[tuple[Path, str]], path: str | Path) -> Path:
     """A labelled CSV (``path,label``, absolute paths) that :func:`list_labelled` reads back."""
     path = Path(path)

@@ -70,6 +70,17 @@ def read_table(out: str | Path, name: str, columns: list[str] | None = None) -> 
     return pq.read_table(path, columns=columns, schema=TABLES[name] if name == "regions" else None)
 
 
+def regions_digest(out: str | Path) -> dict:
+    """The regions table of a filter output: ``regions`` (rows) and ``digest``, 16 hex digits over the
+    sorted region ids (each a hash of its source image and box) and the filter settings' digests: the same
+    table gives the same digest whatever its parquet layout. Reads only those two columns."""
+    table = read_table(out, "regions", ["region_id", "config_digest"])
+    ids = sorted(table.column("region_id").to_pylist())
+    settings = sorted(set(table.column("config_digest").to_pylist()))
+    body = "\n".join(ids) + "\n--\n" + "\n".join(settings)
+    return {"regions": len(ids), "digest": hashlib.sha256(body.encode()).hexdigest()[:16]}
+
+
 def region_id(source: str, x: int, y: int, w: int, h: int) -> str:
     """Stable id of a region: hash of its source and box (the same across runs)."""
     return hashlib.sha1(f"{source}|{x},{y},{w},{h}".encode("utf-8", "surrogateescape")).hexdigest()[:16]
