@@ -6,6 +6,7 @@ shared local Ray has stopped (the `own_ray` marker).
 """
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -58,6 +59,11 @@ def test_the_demo_job_runs_the_whole_method_on_the_head(demo_job, repo):
     for name in SUBTYPES:
         assert name in out
     assert "mlflow ui --backend-store-uri sqlite:///" in out and "127.0.0.1" in out
+    # rank 0's per-epoch progress lines, from the Ray Train workers to the job's logs (--no-progress keeps them)
+    epoch = r"  epoch {}  loss \d+\.\d{{4}}  lr \S+  \d+ img/s  elapsed \w+  eta \w+"
+    assert re.search("pretrain mae" + epoch.format("2/2"), out)  # stage 4's last epoch
+    assert out.count("pretrain mae  epoch 2/2") == 1  # once: rank 0 writes it, not through Ray Train's print patch
+    assert re.search(r"finetune \S+ fold1" + epoch.format("1/1"), out)
     stage1 = summary["stages"]["filter"]
     assert stage1["summary"]["images_read"] == 3 and stage1["summary"]["images_failed"] == 0
     assert (work / "regions" / "regions").is_dir() and (work / "regions" / "eval_megakaryocyte.json").is_file()

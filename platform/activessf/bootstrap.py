@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from .config import Config, apply_overrides, build_config
 from .selection.evaluate import json_safe, selection_evidence
-from .stage import StageResult, check_output, log_results, stage_run
+from .stage import StageResult, check_output, log_labelled_input, log_regions_input, log_results, stage_run
 from .stages.embed import run_embed
 from .stages.pretrain import run_pretrain
 from .stages.select import run_select
@@ -106,6 +106,8 @@ def run_bootstrap(cfg: Config, regions: str | Path, labelled: str | Path, out: s
     rounds, previous, weights, stopped = [], None, cfg.embed.weights, None
     started = time.time()
     with stage_run(cfg, "bootstrap", params) as run:
+        log_regions_input(regions, "selection")
+        log_labelled_input(labelled, "selection")
         for r in range(cfg.select.rounds):
             here = out / f"round{r}"
             encoder = None

@@ -20,7 +20,7 @@ import hashlib
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence, get_args, get_origin
+from typing import Any, ClassVar, Literal, Optional, Sequence, get_args, get_origin
 
 import yaml
 from annotated_types import Ge, Gt, Le, Lt
@@ -62,6 +62,8 @@ class RunConfig(Section):
         256, ge=0, description="training sets up to this size (decoded) go to the Ray Train workers in memory, "
         "without a Ray Data pipeline (saves seconds per run); larger ones stream from Ray Data; 0 = always stream"
     )
+    quiet: bool = Field(False, description="no progress bars, no per-epoch lines (also in Ray Train workers), "
+                        "no info logs: warnings, errors and the result only (the CLI's --quiet)")
 
 
 class SynthConfig(Section):
@@ -180,6 +182,11 @@ class FilterConfig(Section):
     crop_margin: int = Field(8, ge=0, le=512, description="pixels added around each kept box")
     max_pixels: int = Field(100_000_000, ge=1, description="larger images are refused (bomb guard)")
     seed: int = Field(0, ge=0, description="K-means seed")
+    # pictures only: left out of the digest, which stays that of outputs made before the field existed
+    NOT_DIGESTED: ClassVar[frozenset] = frozenset({"overlays"})
+    overlays: int = Field(6, ge=0, le=200, description="fields drawn with their kept (green) and rejected-for-fill-"
+                          "rate (red) boxes into OUT/overlays/ (evenly spaced over the processed fields; 0 = none); "
+                          "not part of the digest: pictures only")
 
     @field_validator("purple", "deep_blue")
     @classmethod
@@ -228,8 +235,11 @@ class EmbedConfig(Section):
                                    "replaces backbone) or an MLflow URI; None = random init, or in `pipeline` and "
                                    "`bootstrap` features learned without labels (select.bootstrap)")
     image_size: int = Field(224, ge=16, le=1024, description="crops are resized to this square")
-    mean: tuple[float, float, float] = Field((0.485, 0.456, 0.406), description="normalisation mean")
-    std: tuple[float, float, float] = Field((0.229, 0.224, 0.225), description="normalisation std")
+    mean: Optional[tuple[float, float, float]] = Field(
+        None, description="normalisation mean; None = the model's own: an `activessf pretrain` encoder's pretraining "
+        "values, else timm's data config of the model (resolve_data_config: ImageNet's for most, 0.5 for many ViTs)")
+    std: Optional[tuple[float, float, float]] = Field(None, description="normalisation std; None = the model's own "
+                                                      "(as mean)")
     batch_size: int = Field(64, ge=1, le=8192, description="images per batch")
     seed: int = Field(0, ge=0, description="seed of the initialisation (the same random network everywhere)")
 
@@ -532,8 +542,10 @@ def to_yaml(cfg: BaseModel) -> str:
 
 
 def config_digest(cfg: BaseModel) -> str:
-    """First 16 hex digits of the SHA-256 of the canonical JSON of a config."""
-    text = json.dumps(cfg.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    """First 16 hex digits of the SHA-256 of the canonical JSON of a config (less its ``NOT_DIGESTED`` fields,
+    which change no result)."""
+    text = json.dumps(cfg.model_dump(mode="json", exclude=set(getattr(cfg, "NOT_DIGESTED", ())) or None),
+                      sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from .bootstrap import bootstraps, run_bootstrap
 from .config import Config, apply_overrides, build_config, save_config
 from .evaluation.provenance import check_evaluation, config_sources
+from .features.backbone import check_backbone
 from .runtime import init_ray
 from .serving import registry
 from .ssl.vit import vit_overrides
@@ -41,6 +42,13 @@ def finetune_config(cfg: Config, encoder: Path | None, final_fit: bool = False) 
     over = vit_overrides(cfg) + ([f"finetune.init={encoder}"] if encoder else []) + \
         (["finetune.final_fit=true"] if final_fit else [])
     return build_config(apply_overrides(cfg.model_dump(mode="json"), over))
+
+
+def model_parts(cfg: Config) -> tuple[str, ...]:
+    """The models of ``cfg`` that the pipeline (and ``bootstrap``) build, for ``check_backbone``:
+    pretraining's, and embed.backbone unless every round embeds with a label-free encoder of its own."""
+    uses_embed = cfg.embed.weights is not None or not cfg.select.bootstrap
+    return ("pretrain", "embed") if uses_embed else ("pretrain",)
 
 
 def selection_dir(cfg: Config, work: Path) -> Path:
@@ -91,7 +99,8 @@ def run_pipeline(cfg: Config, smears: str, labelled: Path, register: bool = True
     work = Path(cfg.run.work_dir).resolve()
     # stage 5 would refuse to evaluate cells the selection's features or sweep learned from: say so before stage 1
     check_evaluation(labelled, config_sources(cfg.embed.weights, cfg.sweep.tuned_on), cfg.evaluate.allow_leak)
-    ray_rt = init_ray(cfg.run.ray_num_cpus)
+    check_backbone(cfg, model_parts(cfg))  # a misspelt model or weights that do not fit: refused before stage 1
+    ray_rt = init_ray(cfg.run.ray_num_cpus, quiet=cfg.run.quiet)
     init_mlflow(work, cfg.run.experiment)
     save_config(cfg, work / "pipeline")
     with stage_run(cfg, "pipeline", {"smears": smears, "labelled": str(labelled)}) as run:

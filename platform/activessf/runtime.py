@@ -50,28 +50,43 @@ def ray_address() -> Optional[str]:
     return os.environ.get("RAY_ADDRESS") or None
 
 
-def init_ray(num_cpus: Optional[int] = None) -> RayRuntime:
+def init_ray(num_cpus: Optional[int] = None, quiet: bool = False) -> RayRuntime:
     """Join the cluster in ``RAY_ADDRESS`` or start a local Ray sized to the machine.
 
     Idempotent: when Ray is already initialised in this process, reports on it.
     ``num_cpus`` limits a *local* Ray only; a joined cluster has its own size.
+    ``quiet`` (``run.quiet``): Ray's own logs at warning level, no Ray Data progress bars.
     """
     import ray
 
     address = ray_address()
+    if quiet:
+        hide_progress_bars()
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
     if not ray.is_initialized():
         apply_train_env(local=not address)
+        level = logging.WARNING if quiet else logging.INFO
         if address:
             log.info("joining the Ray cluster at %s", address)
-            ray.init(address=address, log_to_driver=True)
+            ray.init(address=address, log_to_driver=True, logging_level=level)
         else:
             cpus = num_cpus or os.cpu_count() or 1
             log.info("no RAY_ADDRESS: starting a local Ray with %d CPUs", cpus)
             # the dashboard serves the state API that Ray Train's placement-group cleaner polls: without
             # it a Train run whose controller is killed (a Tune trial stopped early) never frees its CPUs
-            ray.init(num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
+            ray.init(num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True,
+                     logging_level=level)
     res = ray.cluster_resources()
     return RayRuntime(address, address is None, float(res.get("CPU", 0)), float(res.get("GPU", 0)))
+
+
+def hide_progress_bars() -> None:
+    """No Ray Data progress bars from this process (the driver draws them)."""
+    from ray.data import DataContext
+    from ray.util.debug import log_once
+
+    DataContext.get_current().enable_progress_bars = False
+    log_once("ray_data_progress_manager_disabled")  # spends Ray Data's one warning that the bars are off
 
 
 def shutdown_ray() -> None:

@@ -99,3 +99,37 @@ def test_a_pretrain_output_is_an_encoder_to_embed_with(tmp_path):
     assert at_encoder(EmbedConfig(weights=str(tmp_path), image_size=224)).image_size == 32
     assert at_encoder(EmbedConfig(image_size=224)).image_size == 224
     assert load_backbone("resnet50", str(tmp_path / "encoder.pt")).dim == 64  # the file alone finds its record
+
+
+def test_normalisation_is_the_models_own_unless_the_config_sets_it(tmp_path):
+    """timm's data config of the model (ImageNet for a ResNet-50, 0.5 for a ViT: no weights downloaded,
+    the model built on the meta device), an encoder's pretraining values, or the
+    config's; run_embed resolves them once, records them in embed.json and gives them to every actor."""
+    import json
+
+    from activessf.features.backbone import normalisation
+    from activessf.stages.embed import normalised
+
+    imagenet = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    resnet = normalisation("resnet50")
+    assert resnet["mean"] + resnet["std"] == pytest.approx(imagenet[0] + imagenet[1])
+    vit = normalisation("vit_tiny_patch16_224")
+    assert vit["mean"] == [0.5] * 3 and vit["std"] == [0.5] * 3 and vit["from"] == "timm pretrained_cfg"
+    assert vit["input_size"] == [3, 224, 224]
+    assert normalisation("vit_tiny_patch16_224", mean=MEAN, std=STD) == {
+        "mean": list(MEAN), "std": list(STD), "from": "config", "input_size": None}
+    half = normalisation("vit_tiny_patch16_224", std=STD)  # one set: it wins, the other is the model's
+    assert half["mean"] == [0.5] * 3 and half["std"] == list(STD) and "std from config" in half["from"]
+    (tmp_path / "encoder.json").write_text(json.dumps({"timm_name": "vit_tiny_patch16_224", "image_size": 64}))
+    (tmp_path / "encoder.pt").write_bytes(b"")
+    pretrained = normalisation("resnet50", str(tmp_path))  # what the encoder was pretrained with
+    assert pretrained["mean"] + pretrained["std"] == pytest.approx(imagenet[0] + imagenet[1])
+    assert pretrained["from"] == "pretraining" and pretrained["input_size"] == [3, 64, 64]
+
+    cfg = load_config(overrides=["embed.backbone=vit_tiny_patch16_224"]).embed
+    assert cfg.mean is None and cfg.std is None
+    resolved, record = normalised(cfg)
+    assert resolved.mean == (0.5, 0.5, 0.5) and record["from"] == "timm pretrained_cfg"
+    x = load_backbone("test_resnet")
+    ours = embed(x, images(), 32, resolved.mean, resolved.std)
+    assert not np.allclose(ours, embed(x, images(), 32, *imagenet))  # the normalisation reaches the features

@@ -45,9 +45,16 @@ def test_two_fold_runs_on_the_same_folds_compare_and_report(runs, tmp_path, caps
     assert all(r["corrected"]["p"] >= r["p"] or r["mean_diff"] == 0 for r in c["metrics"].values())  # never surer
     with pytest.raises(ValueError, match="different folds"):  # folds from another seed are not comparable
         compare_runs(a, {**b, "folds_digest": folds_digest(assign_folds(ids, labels, 2, 7))})
-    paths = write_report({"A": a, "B": b}, tmp_path / "report", "test", {"A": "B"})
+    paths = write_report({"A": a, "B": b}, tmp_path / "report", "test", {"A": "B"},
+                         run_dirs={"A": runs["a"], "B": runs["b"]})
     md, page = paths["md"].read_text(), paths["html"].read_text()
     assert "Table I" in md and "Table II" in md and "| A |" in md and "| B |" in md
+    # Fig. 4: each run's PR curves and misclassified cells, linked from the Markdown and inlined in the HTML
+    pictures = [f"pictures/{r}_{p}" for r in ("b", "a") for p in ("pr_curves.png", "misclassified.png")]
+    links = [line.split("(")[1][:-1] for line in md.split("## Fig. 4")[1].splitlines() if line.startswith("![")]
+    assert links == pictures
+    assert all((tmp_path / "report" / p).read_bytes()[:4] == b"\x89PNG" for p in pictures)
+    assert page.count("data:image/png;base64,") == 1 + 4
     assert "data:image/png;base64," in page and paths["figure"].stat().st_size > 10_000
     assert main(["compare", str(runs["b"]), str(runs["a"])]) == 0
     out = capsys.readouterr().out
@@ -67,7 +74,24 @@ def test_each_fold_and_the_final_fit_are_nested_mlflow_runs(runs):
                                   experiment_ids=[run.info.experiment_id])
     assert sorted(children["tags.mlflow.runName"]) == [f"{a['name']}-{s}" for s in ("final", "fold0", "fold1")]
     folds = children[children["tags.mlflow.runName"] != f"{a['name']}-final"]
+    arts = {f.path for f in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"metrics.json", "pr_curves.png", "misclassified.png"} <= arts
     assert sorted(folds["metrics.pr_auc"]) == sorted(a["summary"]["pr_auc"]["folds"])
+
+
+def test_pr_curves_and_the_misclassified_gallery_come_with_the_run(runs):
+    from activessf.evaluation.pictures import confident_mistakes, prediction_arrays
+    from activessf.imageio import read_rgb
+
+    import pyarrow.parquet as pq
+
+    h, w, _ = read_rgb(runs["a"] / "pr_curves.png").shape
+    assert 400 < h < 700 and 500 < w < 900
+    ids, y, probs = prediction_arrays(pq.read_table(runs["a"] / "predictions.parquet"), runs["A"]["classes"])
+    shown = len(confident_mistakes(ids, y, probs))  # 1 epoch on 55 cells: mistakes, up to 24 of them shown
+    gallery = read_rgb(runs["a"] / "misclassified.png")
+    rows = (shown + 5) // 6
+    assert shown > 0 and gallery.shape[0] == 6 + rows * (112 + 46 + 6)
 
 
 def test_the_final_fit_exports_a_model_trained_on_every_sample(runs):

@@ -5,6 +5,8 @@ bad day. That each SSL method trains under DDP and exports into timm is checked 
 """
 
 import json
+import re
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -60,13 +62,14 @@ def select_half(regions, out):
 
 
 @pytest.mark.timeout(300)
-def test_two_gloo_workers_survive_nan_steps_a_killed_run_and_a_dead_worker(regions, tmp_path, mlflow_store):
+def test_two_gloo_workers_survive_nan_steps_a_killed_run_and_a_dead_worker(regions, tmp_path, mlflow_store, capfd):
     """2 gloo workers pretrain on the selected half of the regions, one image per worker per step.
 
     Run 1: injected NaN losses are skipped by both workers alike and, after 5 in a row, rolled back with
     a halved lr; then the run is killed after the epoch-2 checkpoint with no retries left. Run 2 (the same
     name) resumes at epoch 2 with the saved optimiser state; a worker dies at epoch 3 and FailureConfig
-    restarts the group from epoch 3's checkpoint; the run completes and exports a timm encoder.
+    restarts the group from epoch 3's checkpoint; the run completes and exports a timm encoder. Rank 0
+    prints one progress line per epoch, which Ray forwards to this process's stdout.
     """
     import mlflow
     import timm
@@ -106,6 +109,13 @@ def test_two_gloo_workers_survive_nan_steps_a_killed_run_and_a_dead_worker(regio
     model, info = build_classifier(FinetuneConfig(init=str(tmp_path / "b")), 5)  # the encoder, a fresh head
     assert info["init"] == "pretrained" and info["method"] == "mae" and info["timm_name"] == rec["timm_name"]
     assert model.eval()(torch.rand(2, 3, 32, 32)).shape == (2, 5)
+    out, deadline = "", time.time() + 15  # worker output reaches the driver a moment after it is printed
+    while out.count("pretrain mae  epoch 4/4") < 1 and time.time() < deadline:
+        out += capfd.readouterr().out
+        time.sleep(0.5)
+    line = r"pretrain mae  epoch {}/4  loss \d+\.\d{{4}}  lr \d\.\de-\d\d  \d+ img/s  elapsed \w+  eta \w+"
+    assert re.search(line.format(1), out) and re.search(line.format(4), out), out[-3000:]
+    assert out.count("pretrain mae  epoch 4/4") == 1  # the last epoch ran once, and only rank 0 prints
 
 
 @pytest.mark.parametrize("source", ["selected", "filtered", "fields"])

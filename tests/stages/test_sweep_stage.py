@@ -70,6 +70,9 @@ def test_selection_sweep_trains_inside_trials_and_writes_the_best_config(data, t
     kids = children_of(parent.run_id)
     assert len(kids) == 3 and set(kids["params.select.alpha"].astype(float)) == {0.0, 0.5, 60.0}
     assert kids["metrics.probe_pr_auc"].notna().sum() == len(ok)
+    # lineage: the trial runs carry the code version, the sweep's run lists the data it tuned on
+    assert (kids["tags.activessf.version"] == parent["tags.activessf.version"]).all()
+    assert {d.dataset.name for d in mlflow.get_run(parent.run_id).inputs.dataset_inputs} == {"labelled", "regions"}
     assert parent["metrics.best_probe_pr_auc"] == pytest.approx(best["score"])
     # the probe's cells are recorded, and best.yaml carries them to what is selected with it
     labels = json.loads((tmp_path / "out" / "label_ids.json").read_text())

@@ -163,6 +163,46 @@ def load_backbone(
     return Backbone(model, name, weights, digest, int(model.num_features))
 
 
+def normalisation(name: str, weights: Optional[str] = None, mean: Optional[Sequence[float]] = None,
+                  std: Optional[Sequence[float]] = None, kwargs: Optional[dict] = None) -> dict:
+    """The mean and std images are normalised with before backbone ``name`` (or the encoder of ``weights``):
+    ``{"mean", "std", "from", "input_size"}``. A value given (``embed.mean``, ``embed.std``) is used as
+    given; a missing one is
+
+    - for an ``activessf pretrain`` output: what the encoder was pretrained with (its ``encoder.json``'s
+      ``mean``/``std``, else the SSL augmentations' ImageNet values);
+    - otherwise: the model's own preprocessing, timm's ``resolve_data_config({}, model=model)`` over the
+      model's ``pretrained_cfg`` (ImageNet's values for most timm models; 0.5/0.5 for many ViTs, CLIP's
+      for CLIP towers): what weights made for that model expect. The model is built on the meta device
+      (no memory, no weights: a fraction of a second).
+
+    ``input_size`` is the model's own (informational: ``embed.image_size`` decides the size)."""
+    given = {k: [float(x) for x in v] for k, v in (("mean", mean), ("std", std)) if v is not None}
+    if len(given) == 2:
+        return {**given, "from": "config", "input_size": None}
+    record, _ = encoder_record(weights) if weights else (None, None)
+    if record is not None:
+        from ..ssl.augment import MEAN, STD
+
+        size = record.get("image_size")
+        found = {"mean": list(record.get("mean", MEAN)), "std": list(record.get("std", STD)), "from": "pretraining",
+                 "input_size": [3, size, size] if size else None}
+    else:
+        import timm
+        from timm.data import resolve_data_config
+
+        from .. import models  # noqa: F401  (registers our encoder architectures with timm)
+
+        with torch.device("meta"):
+            model = timm.create_model(name, pretrained=False, num_classes=0, **(kwargs or {}))
+        data = resolve_data_config({}, model=model)
+        found = {"mean": [float(v) for v in data["mean"]], "std": [float(v) for v in data["std"]],
+                 "from": "timm pretrained_cfg", "input_size": list(data["input_size"])}
+    if given:  # one of the two set in the config: it wins
+        found.update(given, **{"from": f"{found['from']}, {next(iter(given))} from config"})
+    return found
+
+
 def preprocess(images: Sequence[np.ndarray], size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """RGB uint8 images of any size -> (N, 3, size, size) float tensor, resized and normalised."""
     batch = np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in images])
@@ -179,3 +219,135 @@ def embed(backbone: Backbone, images: Sequence[np.ndarray], size: int, mean, std
         return np.zeros((0, backbone.dim), np.float32)
     x = preprocess(images, size, mean, std).to(device)
     return backbone.model(x).float().cpu().numpy()
+
+
+# ------------------------------------------------------------------ fail fast, on the driver
+
+HEAD_PREFIXES = ("fc.", "head.", "classifier.")  # a classifier's head: never required of weights
+
+
+def check_backbone(cfg, parts: Sequence[str], weights: bool = True) -> None:
+    """Fail fast, on the driver and before any data is read: the models ``parts`` of ``cfg`` name exist,
+    and (with ``weights``) the weights given for them exist and fit them. Raises ``ConfigError`` naming
+    the field.
+
+    ``parts``: ``embed`` (embed.backbone, embed.weights), ``finetune`` (finetune.backbone with
+    finetune.backbone_kwargs, finetune.init), ``cnn_baseline`` (evaluate.cnn_baseline) and ``pretrain``
+    (pretrain.method and its options, checked by the method). Weights given as an MLflow URI are
+    checked where they are loaded (checking them here would download them).
+    """
+    checks = {
+        "embed": lambda: check_model(cfg.embed.backbone, {}, cfg.embed.weights if weights else None,
+                                     "embed.backbone", "embed.weights"),
+        "finetune": lambda: check_model(cfg.finetune.backbone, cfg.finetune.backbone_kwargs,
+                                        cfg.finetune.init if weights else None, "finetune.backbone", "finetune.init"),
+        "cnn_baseline": lambda: check_model_name(cfg.evaluate.cnn_baseline, "evaluate.cnn_baseline"),
+        "pretrain": lambda: _check_method(cfg.pretrain),
+    }
+    unknown = set(parts) - set(checks)
+    if unknown:
+        raise ValueError(f"unknown parts {sorted(unknown)}; known: {sorted(checks)}")
+    for part in parts:
+        checks[part]()
+
+
+def _check_method(p) -> None:
+    from ..config import ConfigError
+    from ..ssl import method_class
+
+    try:
+        method_class(p)
+    except ConfigError:
+        raise
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def check_model_name(name: str, field: str) -> None:
+    """``ConfigError`` unless ``name`` is in timm's registry (the platform's encoders included), with the
+    closest names as suggestions."""
+    import difflib
+
+    import timm
+
+    from .. import models  # noqa: F401  (registers our encoder architectures with timm)
+    from ..config import ConfigError
+
+    if timm.is_model(name):
+        return
+    close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+    hint = f"; did you mean: {', '.join(close)}?" if close else ""
+    raise ConfigError(f"{field}: unknown model {name!r}, not in timm {timm.__version__}'s registry nor the "
+                      f"platform's encoders{hint} (timm.list_models('*pattern*') lists the names)")
+
+
+def check_model(name: str, kwargs: dict, weights: Optional[str], name_field: str, weights_field: str) -> None:
+    """``name`` exists; local ``weights`` (a file or a `pretrain` output, whose encoder.json then names
+    the architecture) exist and fit it by the loaders' rules: every key of the model but its head is in
+    the file, at the model's shape; keys the model does not have are ignored."""
+    from ..config import ConfigError
+
+    if weights and ("://" in weights or ":/" in weights):
+        weights = None  # an MLflow URI: checked where it is loaded
+    path = None
+    if weights:
+        try:
+            record, path = encoder_record(weights)
+        except WeightsError as exc:
+            raise ConfigError(f"{weights_field}: {exc}") from None
+        if record is not None:
+            name, kwargs = record["timm_name"], dict(record["timm_kwargs"])
+            name_field = f"{weights_field} ({path.parent / 'encoder.json'})"
+    check_model_name(name, name_field)
+    if kwargs and path is None:
+        model_shapes(name, kwargs, name_field)  # timm takes these keyword arguments
+    if path is not None:
+        problems = weights_mismatch(model_shapes(name, kwargs, name_field), path, weights_field)
+        if problems:
+            raise ConfigError(f"{weights_field}: {path} does not fit {name}{f' {kwargs}' if kwargs else ''}: "
+                              f"{problems}. Weights of another architecture: name the one they were trained as "
+                              f"({name_field}), or give the weights of this one")
+
+
+def model_shapes(name: str, kwargs: dict, field: str) -> dict[str, tuple]:
+    """Parameter and buffer shapes of timm ``name`` without its head; built on the meta device (no memory,
+    no initialisation) when the model allows it, else on the CPU."""
+    import timm
+
+    from ..config import ConfigError
+
+    try:
+        try:
+            with torch.device("meta"):
+                model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+        except NotImplementedError:  # an init that reads tensor values (e.g. a sin-cos table): build it for real
+            model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+    except (TypeError, ValueError, RuntimeError, AssertionError) as exc:
+        raise ConfigError(f"{field}: timm cannot build {name} with {kwargs}: {exc}") from None
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def weights_mismatch(expected: dict[str, tuple], path: Path, field: str) -> str:
+    """What keeps the state dict in ``path`` from loading into a model of ``expected`` shapes ('' if
+    nothing): missing keys (but the head's), keys of another shape, and (only then, as a clue) the
+    keys the model does not have."""
+    from ..config import ConfigError
+
+    try:
+        state = read_state_dict(path)
+    except WeightsError as exc:
+        raise ConfigError(f"{field}: {exc}") from None
+    missing = [k for k in expected if k not in state and not k.startswith(HEAD_PREFIXES)]
+    shaped = [f"{k} {tuple(state[k].shape)} in the file, {expected[k]} in the model"
+              for k in expected if k in state and tuple(state[k].shape) != expected[k]]
+    if not (missing or shaped):
+        return ""
+    unexpected = [k for k in state if k not in expected and not k.startswith(HEAD_PREFIXES)]
+    parts = [f"{_keys(missing)} missing (e.g. {', '.join(missing[:3])})" if missing else "",
+             f"{_keys(shaped)} of another shape (e.g. {'; '.join(shaped[:3])})" if shaped else "",
+             f"{_keys(unexpected)} the model does not have (e.g. {', '.join(unexpected[:3])})" if unexpected else ""]
+    return "; ".join(p for p in parts if p)
+
+
+def _keys(items: list) -> str:
+    return f"{len(items)} key{'' if len(items) == 1 else 's'}"

@@ -25,7 +25,8 @@ from ..data.labelled import list_labelled
 from ..evaluation.provenance import label_ids_record, refuse_evaluation_part, write_label_ids
 from ..imageio import read_rgb
 from ..training.engine import Schedule, classification_loss, inverse_frequency, train_one_epoch
-from .backbone import file_digest, preprocess
+from ..training.progress import EpochProgress
+from .backbone import file_digest, normalisation, preprocess
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,8 @@ def train_supervised(labelled: str | Path, out: str | Path, cfg: Config, epochs:
     out.mkdir(parents=True, exist_ok=True)
     pairs = list_labelled(labelled)
     classes = sorted({lab for _, lab in pairs})
-    x = preprocess([read_rgb(p) for p, _ in pairs], image_size, cfg.embed.mean, cfg.embed.std)
+    norm = normalisation(cfg.embed.backbone, None, cfg.embed.mean, cfg.embed.std)  # what embedding will use
+    x = preprocess([read_rgb(p) for p, _ in pairs], image_size, norm["mean"], norm["std"])
     y = torch.tensor([classes.index(lab) for _, lab in pairs])
     torch.manual_seed(cfg.embed.seed)
     gen = torch.Generator().manual_seed(cfg.embed.seed)
@@ -67,11 +69,12 @@ def train_supervised(labelled: str | Path, out: str | Path, cfg: Config, epochs:
 
     history = []
     started = time.time()
+    progress = EpochProgress(epochs, 0, f"features {cfg.embed.backbone}", enabled=not cfg.run.quiet)
     for epoch in range(epochs):
         stats = train_one_epoch(model, opt, scaler, shuffled(x, y, batch_size, gen), epoch, schedule, prepare, loss_fn)
         history.append({"epoch": epoch + 1, "loss": stats["loss"], "train_accuracy": stats["train_accuracy"]})
-        log.info("supervised features: epoch %d/%d loss %.3f train accuracy %.3f", epoch + 1, epochs,
-                 history[-1]["loss"], history[-1]["train_accuracy"])
+        progress.update(epoch, stats["loss"], max(g["lr"] for g in opt.param_groups),
+                        stats["images"] / max(stats["epoch_seconds"], 1e-9))
     labels = label_ids_record(pairs, "supervised features", labelled)
     write_label_ids(out, labels)
     return save_features(model, out, cfg, classes, {

@@ -49,10 +49,16 @@ def build_classifier(ft: FinetuneConfig, num_classes: int, seed: int = 0) -> tup
     name, kwargs, weights, info = classifier_spec(ft)
     model = create_classifier(name, kwargs, num_classes, ft.drop_path, seed)
     if weights is not None:
-        state = read_state_dict(weights)
-        missing, unexpected = model.load_state_dict(state, strict=False)
         head = model.default_cfg.get("classifier", "head")
-        missing = [k for k in missing if not k.startswith(head)]
+        heads = tuple(f"{h}." for h in ((head,) if isinstance(head, str) else head))  # timm: a name or a tuple
+        # the weights' own head (if any) is dropped: the classifier gets a fresh num_classes head
+        state = {k: v for k, v in read_state_dict(weights).items() if not k.startswith(heads)}
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # shapes differ: weights of another architecture
+            first = str(exc).split("\n\t")[1] if "\n\t" in str(exc) else str(exc)
+            raise WeightsError(f"{weights} does not fit {name}: {first}") from None
+        missing = [k for k in missing if not k.startswith(heads)]
         if missing:
             raise WeightsError(f"{weights} does not fit {name}: missing {missing[:3]} ...")
         if unexpected:

@@ -8,7 +8,9 @@ seconds that a few hundred crops do not repay). Output (``OUT``):
 
     embeddings/*.parquet   id, label (null for regions), embedding (fixed-size list of float32)
     errors.parquet         id, error: crops or files that could not be decoded
-    embed.json             backbone, weights, weights digest (``random-init`` without weights), dim, counts
+    embed.json             backbone, weights, weights digest (``random-init`` without weights), dim, counts,
+                           normalisation (mean, std and where they come from: ``embed.mean``/``std`` when set,
+                           else a pretrained encoder's values, else timm's ``resolve_data_config`` of the model)
     config.yaml
 """
 
@@ -30,7 +32,7 @@ from ..data.embeddings import embedding_schema
 from ..data.labelled import list_labelled
 from ..data.sources import read_bytes
 from ..resources import Resources, plan
-from ..stage import StageResult, log_results, stage_run, staged_output
+from ..stage import StageResult, log_labelled_input, log_regions_input, log_results, stage_run, staged_output
 from ..training.inline import fits_inline
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,8 @@ class EmbedBatch:
         from ..runtime import select_device
 
         self.cfg = EmbedConfig(**self.CONFIG)
+        if self.cfg.mean is None or self.cfg.std is None:  # run_embed resolves them; direct users may not
+            self.cfg = normalised(self.cfg)[0]
         self.device = select_device()
         if self.device.type == "cpu" and self.ONE_THREAD:
             torch.set_num_threads(1)
@@ -138,7 +142,8 @@ def run_embed(cfg: Config, source: str, spec: str | Path, out: str | Path, *, ov
 
     if source not in ("regions", "labelled"):
         raise ValueError(f"source must be regions or labelled, got {source!r}")
-    cfg = cfg.model_copy(update={"embed": at_encoder(cfg.embed)})
+    embed_cfg, norm = normalised(at_encoder(cfg.embed))
+    cfg = cfg.model_copy(update={"embed": embed_cfg})
     if cfg.embed.weights is None:
         log.warning("embed.weights is not set: %s is RANDOMLY INITIALISED; the embeddings record this "
                     "(weights_digest 'random-init')", cfg.embed.backbone)
@@ -146,6 +151,7 @@ def run_embed(cfg: Config, source: str, spec: str | Path, out: str | Path, *, ov
     here = fits_inline(count_inputs(source, spec) * cfg.embed.image_size ** 2 * 3, cfg.run.inline_data_mb)
     params = {**flatten(cfg.embed), "source": source, "input": str(spec)}
     with staged_output(out, overwrite) as stage, stage_run(cfg, "embed", params, f"embed-{source}") as run:
+        (log_regions_input if source == "regions" else log_labelled_input)(spec, "embedding")
         started = time.time()
         if here:
             write_here(embed_here(source_rows(source, spec), cfg.embed), stage)
@@ -154,10 +160,24 @@ def run_embed(cfg: Config, source: str, spec: str | Path, out: str | Path, *, ov
         meta = embed_record(cfg, source, spec, stage, time.time() - started,
                             "this process (a small set)" if here else
                             f"{res.workers} {'GPU' if res.use_gpu else 'CPU'} actors")
+        meta["normalisation"] = norm
         (stage / "embed.json").write_text(json.dumps(meta, indent=2))
         save_config(cfg, stage)
         log_results(stage, meta, FILES)
     return StageResult("embed", Path(out).resolve(), meta, run.info.run_id, FILES)
+
+
+def normalised(e: EmbedConfig) -> tuple[EmbedConfig, dict]:
+    """``e`` with ``mean`` and ``std`` resolved on the driver (:func:`~activessf.features.backbone.normalisation`:
+    the config's, else the encoder's pretraining values, else timm's data config of the model), so that every
+    actor uses the values ``embed.json`` and ``config.yaml`` record; and the record."""
+    from ..features.backbone import normalisation
+
+    norm = normalisation(e.backbone, e.weights, e.mean, e.std)
+    if norm["from"] != "config":
+        log.info("embedding normalised with mean %s, std %s (%s of %s)", norm["mean"], norm["std"], norm["from"],
+                 e.weights or e.backbone)
+    return e.model_copy(update={"mean": tuple(norm["mean"]), "std": tuple(norm["std"])}), norm
 
 
 def embed_record(cfg: Config, source: str, spec: str | Path, stage: Path, seconds: float, devices: str) -> dict:

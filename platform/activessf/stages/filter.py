@@ -12,6 +12,7 @@ failed job. Output (``OUT``):
     config.yaml         the full configuration that produced this output
     contact_sheet.png   a sample of kept regions
     region_stats.png    box sizes and fill rates of kept and rejected regions
+    overlays/NN_<name>.png  ``filter.overlays`` fields with their kept (green) and rejected-for-fill-rate (red) boxes
 """
 
 from __future__ import annotations
@@ -27,16 +28,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..config import Config, FilterConfig, flatten, save_config
+from ..data.decode import BadImage, decode_image
 from ..data.sources import list_inputs, read_bytes
 from ..imageio import decode_png, write_png
 from ..regions.records import TABLES, ImageRecords, display_name, error_record, process_image, read_table
 from ..resources import plan
 from ..stage import StageResult, log_results, stage_run, staged_output
-from ..viz import image_grid, region_stats_figure
+from ..viz import image_grid, region_overlay, region_stats_figure
 
 log = logging.getLogger(__name__)
 
-FILES = ("config.yaml", "summary.json", "contact_sheet.png", "region_stats.png")
+FILES = ("config.yaml", "summary.json", "contact_sheet.png", "region_stats.png", "overlays")
 UNIFIED = pa.schema(
     [("kind", pa.string())]
     + list({f.name: f for schema in TABLES.values() for f in schema}.values())
@@ -91,6 +93,7 @@ def run_filter(cfg: Config, images: str, out: str | Path, *, overwrite: bool = F
         (stage / "summary.json").write_text(json.dumps(summary, indent=2))
         save_config(cfg, stage)
         write_figures(stage, cfg.filter)
+        write_overlays(stage, {it["source"]: it["path"] for it in items}, cfg.filter)
         log_results(stage, {**summary, **{f"failed.{k}": v for k, v in summary["failed_by_reason"].items()},
                             **{f"rejected.{k}": v for k, v in summary["rejected_by_reason"].items()}}, FILES)
     return StageResult("filter", Path(out).resolve(), summary, run.info.run_id, FILES)
@@ -162,3 +165,38 @@ def write_figures(out: Path, cfg: FilterConfig, sample: int = 48) -> None:
     crops = read_table(out, "regions", ["crop"]).column("crop").to_pylist()
     step = max(len(crops) // sample, 1)
     write_png(out / "contact_sheet.png", image_grid([decode_png(c) for c in crops[::step][:sample]], columns=8))
+
+
+def write_overlays(out: Path, paths: dict[str, bytes], cfg: FilterConfig) -> list[str]:
+    """``cfg.overlays`` processed fields, evenly spaced in source order, re-read here on the driver (after the
+    Ray job: the Ray path does not pay for pictures) and drawn with their kept and rejected-for-fill-rate
+    boxes into ``out/overlays/``. Returns the sources drawn; a field that cannot be re-read is skipped."""
+    sources = sorted(read_table(out, "images", ["source"]).column("source").to_pylist())
+    if cfg.overlays <= 0 or not sources:
+        return []
+    picked = [sources[i] for i in sorted(set(np.linspace(0, len(sources) - 1, min(cfg.overlays, len(sources)))
+                                             .round().astype(int)))]
+    boxes = {kind: _boxes(out, kind, picked) for kind in ("regions", "rejected")}
+    drawn = []
+    for n, source in enumerate(picked):
+        path = paths[source]
+        try:
+            rgb = decode_image(read_bytes(path.decode() if b"://" in path[:16] else path), cfg.max_pixels)
+        except (OSError, BadImage) as exc:
+            log.warning("overlay of %s skipped: %s", source, exc)
+            continue
+        stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(source).stem)[:40]
+        write_png(out / "overlays" / f"{n:02d}_{stem}.png",
+                  region_overlay(rgb, boxes["regions"].get(source, []), boxes["rejected"].get(source, []), source))
+        drawn.append(source)
+    return drawn
+
+
+def _boxes(out: Path, kind: str, sources: list[str]) -> dict[str, list[tuple]]:
+    path = out / ("regions" if kind == "regions" else f"{kind}.parquet")
+    t = pq.read_table(path, columns=["source", "x", "y", "w", "h"], filters=[("source", "in", sources)],
+                      schema=TABLES[kind] if kind == "regions" else None).to_pydict()
+    found: dict[str, list[tuple]] = {}
+    for src, *box in zip(t["source"], t["x"], t["y"], t["w"], t["h"]):
+        found.setdefault(src, []).append(tuple(box))
+    return found

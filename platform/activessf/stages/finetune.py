@@ -12,7 +12,12 @@ room. Output:
                       repeats, classes with fewer than k members and the splits whose held-out part lacks them;
                       label_check: whether what the encoder was selected with learned from these cells
     config.yaml
-Each run is one MLflow run with a nested run per split (``NAME-fold3``; ``NAME-r1-fold3`` with repeats).
+    pr_curves.png     per-class precision-recall curves, pooled over the held-out splits, AP in the legend
+    misclassified.png the most confidently misclassified cells: true class, predicted class, confidence
+Each run is one MLflow run with a nested run per split (``NAME-fold3``; ``NAME-r1-fold3`` with repeats) and
+the labelled set as its input (name ``labelled``, with its digest). With ``finetune.final_fit`` the run also
+logs the final fit as the MLflow pyfunc ``model`` (``runs:/<run id>/model``), which ``activessf register``
+registers.
 """
 
 from __future__ import annotations
@@ -32,17 +37,19 @@ from ..data.labelled import list_labelled
 from ..data.resize import load_resize, source_size
 from ..evaluation.folds import fold_coverage, folds_digest, load_folds, repeated_folds, save_folds
 from ..evaluation.metrics import class_groups, fold_metrics, summarise
+from ..evaluation.pictures import image_root, write_pictures
 from ..evaluation.provenance import check_evaluation, weights_sources
 from ..finetune.model import at_encoder_size
 from ..resources import plan
-from ..stage import StageResult, child_runs, log_results, stage_run, staged_output, train_storage
+from ..stage import (StageResult, child_runs, log_labelled_input, log_results, stage_run, staged_output,
+                     train_storage)
 from ..subtypes import class_order
 from ..tracking import store_uri
 from ..training.inline import fits_inline, split_inputs
 
 log = logging.getLogger(__name__)
 
-FILES = ("metrics.json", "folds.json", "config.yaml", "model")
+FILES = ("metrics.json", "folds.json", "config.yaml", "model", "pr_curves.png", "misclassified.png")
 
 
 def decoded_images(items: list[dict], size: int, inline_mb: float):
@@ -95,7 +102,8 @@ def fit_fold(cfg_json: dict, split: tuple[int, int] | str, train, val, meta: dic
         train_loop_config={"cfg": cfg_json, "train_rows": meta["train_rows"][split],
                            "num_classes": meta["num_classes"], "class_counts": meta["class_counts"],
                            "tracking_uri": meta["tracking_uri"], "mlflow_run_id": meta["fold_runs"][split],
-                           "has_val": not final, "export_model": final, "inline": inline},
+                           "has_val": not final, "export_model": final, "inline": inline,
+                           "progress_label": f"finetune {meta['name']} {split_name(split, meta['repeats'])}"},
         scaling_config=meta["resources"].scaling_config(),
         run_config=RunConfig(name=meta["run_names"][split], storage_path=meta["storage"]),
         datasets=datasets,
@@ -141,6 +149,7 @@ def run_finetune(cfg: Config, labelled: str | Path, out: str | Path, *, folds_fi
               "folds_digest": folds_digest(data["folds"]), "samples": len(data["ids"]),
               "label_check": labels["status"], "leaked_cells": labels["leaked_cells"]}
     with staged_output(out, overwrite) as stage, stage_run(cfg, "finetune", params, name) as parent:
+        log_labelled_input(labelled, "training")
         splits = [(r, f) for r in range(data["repeats"]) for f in range(data["k"])]
         jobs = splits + (["final"] if ft.final_fit else [])
         names = {s: f"{name}-{split_name(s, data['repeats'])}" for s in jobs}
@@ -149,17 +158,22 @@ def run_finetune(cfg: Config, labelled: str | Path, out: str | Path, *, folds_fi
         meta = {"train_rows": {s: train_rows(data, s) for s in jobs},
                 "num_classes": len(data["classes"]), "class_counts": data["counts"].tolist(),
                 "tracking_uri": store_uri(cfg.run.work_dir), "name": name, "storage": train_storage(cfg, storage),
+                "repeats": data["repeats"],
                 "run_names": {s: f"{n}-{key}" for s, n in names.items()}, "fold_runs": {s: runs[names[s]] for s in jobs}, "resources": plan("finetune", cfg)}
         results = fit_folds(cfg, data["images"], jobs, meta)
         record = write_outputs(stage, cfg, data, results, labelled)
         record.update({"name": name, "mlflow_run_id": parent.info.run_id, "label_check": labels})
+        if "model" in record:  # the final fit, logged as this run's pyfunc `model` (what `register` registers)
+            from ..serving.registry import log_model
+
+            record["model"].update(logged=log_model(stage / "model", cfg))
         (stage / "metrics.json").write_text(json.dumps(record, indent=2))
         for m in record["folds"]:
             log_results(stage, {k: m[k] for k in ("accuracy", "pr_auc", "f1")},
                         run_id=meta["fold_runs"][m["repeat"], m["fold"]])
         s = record["summary"]
         log_results(stage, {f"{k}_{stat}": s[k][stat] for k in ("accuracy", "pr_auc", "f1") for stat in ("mean", "std")},
-                    FILES)
+                    [f for f in FILES if f != "model"])  # the final fit is in the logged model
     return StageResult("finetune", Path(out).resolve(), record, parent.info.run_id, FILES)
 
 
@@ -241,6 +255,7 @@ def write_outputs(stage: Path, cfg: Config, data: dict, results: list[dict], lab
     save_folds(data["folds"], stage / "folds.json",
                {"k": data["k"], "seed": data["seed"], "labelled": str(labelled), **data["coverage"]})
     write_predictions(stage / "predictions.parquet", results, data["ids"], data["y"], data["classes"])
+    write_pictures(stage, stage / "predictions.parquet", data["classes"], image_root(labelled))
     record.update({"init": ft.init, "backbone": ft.backbone, "folds_digest": folds_digest(data["folds"])})
     if final:
         record["model"] = save_model(stage / "model", final[0]["model"], ft, data["classes"], record)

@@ -37,7 +37,7 @@ from ..data.decode import decode_image
 from ..data.resize import decode_resize, source_size
 from ..data.sources import list_inputs, read_bytes
 from ..resources import Resources, plan
-from ..stage import StageResult, log_results, stage_run, staged_output, train_storage
+from ..stage import StageResult, log_regions_input, log_results, stage_run, staged_output, train_storage
 from ..tracking import store_uri
 from ..training.inline import first_rows, fits_inline, row_count, split_inputs
 from ..training.schedule import budget
@@ -158,6 +158,8 @@ def run_pretrain(cfg: Config, out: str | Path, *, regions: Optional[str | Path] 
     storage = train_storage(cfg, storage)
     params = {**flatten(p), "rows": rows, "run_name": name}
     with staged_output(out, overwrite) as stage, stage_run(cfg, "pretrain", params, f"pretrain-{p.method}") as run:
+        if regions is not None:
+            log_regions_input(regions, "training")
         loop_config = {
             "cfg": cfg.model_dump(mode="json"),
             "rows": rows,

@@ -6,6 +6,7 @@ Output (``OUT``):
     prototypes.npz        the store's snapshot (centres, n_i, LB, UB, thresholds, settings)
     report.json           per cluster n_i, LB, UB, threshold, candidates, selected; totals
     distances.png         per cluster: distances of its candidates, threshold marked
+    embedding_map.png     2-D PCA map: regions selected / rejected, labelled cells, prototypes and thresholds
     clusters/cluster_NN.png  closest, threshold-edge and rejected regions of each cluster (with --regions)
     config.yaml
 """
@@ -27,12 +28,12 @@ from ..config import Config, flatten, save_config
 from ..data.embeddings import embedding_matrix, read_embeddings
 from ..imageio import decode_png, write_png
 from ..selection.store import NAMESPACE, store_actor
-from ..stage import StageResult, log_results, stage_run, staged_output
-from ..viz import contact_sheet, distance_histograms
+from ..stage import StageResult, log_regions_input, log_results, stage_run, staged_output
+from ..viz import contact_sheet, distance_histograms, embedding_map
 
 log = logging.getLogger(__name__)
 
-FILES = ("report.json", "config.yaml", "distances.png", "prototypes.npz", "clusters")
+FILES = ("report.json", "config.yaml", "distances.png", "embedding_map.png", "prototypes.npz", "clusters")
 
 SELECTION_SCHEMA = pa.schema([("region_id", pa.string()), ("cluster", pa.int32()), ("distance", pa.float32()),
                               ("threshold", pa.float32()), ("selected", pa.bool_()),
@@ -65,6 +66,8 @@ def run_select(cfg: Config, region_embeddings: str | Path, out: str | Path, *,
         raise FileNotFoundError(f"{path} not found: is {region_embeddings} the output of `activessf embed`?")
     store_name = store_name or f"prototypes-{uuid.uuid4().hex[:8]}"
     with staged_output(out, overwrite) as stage, stage_run(cfg, "select", params(cfg)) as run:
+        if regions is not None:
+            log_regions_input(regions, "selection")
         proto, table = select_on_ray(cfg, path, stage, labelled_embeddings, snapshot, store_name, batch_size,
                                      on_store)
         (stage / "selection").mkdir()
@@ -73,6 +76,7 @@ def run_select(cfg: Config, region_embeddings: str | Path, out: str | Path, *,
         (stage / "report.json").write_text(json.dumps(report, indent=2))
         save_config(cfg, stage)
         write_figures(stage, proto, table, regions)
+        write_embedding_map(stage / "embedding_map.png", proto, table, path, labelled_embeddings)
         log_results(stage, metrics(report), FILES, params={k: report["prototypes"][k] for k in
                                                           ("backbone", "weights_digest")})
     return StageResult("select", Path(out).resolve(), report, run.info.run_id, FILES)
@@ -184,3 +188,25 @@ def cluster_picks(table: pa.Table, per_row: int = 8) -> dict[int, dict[str, list
         out[int(c)] = {"closest": list(ids[kept[:per_row]]), "threshold edge": list(ids[kept[::-1][:per_row]]),
                        "rejected": list(ids[lost[:per_row]])}
     return out
+
+
+def write_embedding_map(path: Path, proto, table: pa.Table, embeddings: Path, labelled: Optional[str | Path],
+                        max_regions: int = 5000, seed: int = 0) -> dict:
+    """:func:`activessf.viz.embedding_map` of a selection: a seeded sample of at most ``max_regions`` regions
+    (read from the ``embeddings`` parquet by id, so a large set is not loaded), the labelled cells when the
+    prototypes were fitted here, the prototypes and their thresholds."""
+    ids = pq.read_table(embeddings, columns=["id"]).column("id").to_pylist()
+    if len(ids) > max_regions:
+        ids = [ids[i] for i in np.random.default_rng(seed).choice(len(ids), max_regions, replace=False)]
+    part = pq.read_table(embeddings, columns=["id", "embedding"], filters=[("id", "in", ids)]).sort_by("id")
+    rows = {rid: i for i, rid in enumerate(table.column("region_id").to_pylist())}
+    order = np.array([rows[rid] for rid in part.column("id").to_pylist()], np.int64)
+    sel = table.column("selected").to_numpy(zero_copy_only=False)[order] if len(order) else np.zeros(0, bool)
+    dist, thr = (table.column(c).to_numpy()[order].astype(float) for c in ("distance", "threshold"))
+    x = embedding_matrix(part.column("embedding")) if part.num_rows else np.zeros((0, proto.centres.shape[1]))
+    lx, labels = None, None
+    if labelled is not None:
+        _, labels, lx, _ = read_embeddings(labelled)
+    ratio = np.divide(dist, thr, out=np.full(len(dist), np.inf), where=thr > 0)
+    return embedding_map(path, x, sel, proto.centres, proto.thresholds, distance_ratio=ratio, labelled=lx,
+                         labels=labels, max_regions=max_regions, seed=seed)

@@ -47,7 +47,8 @@ from ..regions.evaluate import evaluate
 from ..regions.filter import filter_image
 from ..resources import plan
 from ..selection.prototypes import fit_prototypes, select
-from ..stage import StageResult, log_results, stage_run, staged_output, train_storage
+from ..stage import (StageResult, code_version_tags, log_labelled_input, log_regions_input, log_results, stage_run,
+                     staged_output, train_storage)
 from ..subtypes import class_order
 from ..sweep.space import SearchSpace, load_space
 from ..tracking import store_uri
@@ -212,6 +213,10 @@ def run_sweep(cfg: Config, space_file: str | Path, out: str | Path, *, regions=N
               **({"labelled": str(labelled), "labelled_cells": labels["cells"], "label_ids_digest": labels["digest"]}
                  if labels else {})}
     with staged_output(out, overwrite) as stage, stage_run(cfg, "sweep", params, name) as parent:
+        if regions is not None:
+            log_regions_input(regions, "tuning")
+        if labelled is not None:
+            log_labelled_input(labelled, "tuning")
         shutil.copy(space_file, stage / "space.yaml")
         save_config(cfg, stage)
         if labels:
@@ -271,14 +276,16 @@ def tuner_for(trainable, space: SearchSpace, cfg: Config, metric: str, scheduler
 
     experiment = mlflow.get_experiment(parent.info.experiment_id).name
     tracking = MLflowLoggerCallback(store_uri(cfg.run.work_dir), experiment_name=experiment,
-                                    tags={"mlflow.parentRunId": parent.info.run_id, "activessf.sweep": name})
+                                    tags={"mlflow.parentRunId": parent.info.run_id, "activessf.sweep": name,
+                                          **code_version_tags()})
     return tune.Tuner(
         trainable,
         param_space=param_space(space),
         tune_config=tune.TuneConfig(metric=metric, mode="max", num_samples=cfg.sweep.num_samples,
                                     scheduler=scheduler, max_concurrent_trials=trials,
                                     search_alg=BasicVariantGenerator(random_state=cfg.sweep.seed)),
-        run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1, callbacks=[tracking]),
+        run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0 if cfg.run.quiet else 1,
+                                   callbacks=[tracking]),
     )
 
 

@@ -21,6 +21,7 @@ from ..ssl.augment import classifier_view, eval_view
 from .engine import Schedule, classification_loss, classifier_inputs, inverse_frequency, train_one_epoch
 from .inline import dataset_shard
 from .loop_config import FinetuneLoopConfig
+from .progress import EpochProgress
 from .schedule import scaled_lr
 from .worker import ShardFeed, Tracker, Worker, report, worker_setup
 
@@ -46,11 +47,15 @@ def finetune_loop_per_worker(config: dict) -> None:
     prepare = classifier_inputs(classifier_view(ft.image_size), w.device)
     tracker = Tracker(lc.tracking_uri, lc.mlflow_run_id, w.rank)
     history = []
+    progress = EpochProgress(ft.epochs, 0, lc.progress_label or "finetune",
+                             enabled=w.rank == 0 and not lc.cfg.run.quiet)
     for epoch in range(ft.epochs):
         stats = train_one_epoch(net, opt, w.scaler, feed.batches(epoch), epoch, schedule, prepare, loss_fn,
                                 amp=w.amp)
         metrics = {"epoch": epoch + 1, "loss": stats["loss"], "train_accuracy": stats.get("train_accuracy", 0.0),
                    "lr": opt.param_groups[-1]["lr"], "epoch_seconds": stats["epoch_seconds"]}
+        progress.update(epoch, stats["loss"], metrics["lr"],
+                        stats["images"] * w.world / max(stats["epoch_seconds"], 1e-9))
         history.append(metrics)
         tracker.metrics(metrics, epoch + 1)
         if epoch + 1 < ft.epochs:

@@ -29,6 +29,7 @@ from .guard import NonFiniteGuard
 from .inline import dataset_shard
 from .loop_config import PretrainLoopConfig
 from .optim import layer_decay_groups
+from .progress import EpochProgress
 from .schedule import scaled_lr
 from .worker import ShardFeed, Tracker, Worker, report, worker_setup
 
@@ -98,6 +99,8 @@ def train_loop_per_worker(config: dict) -> None:
     hooks = fault_hooks(lc.inject_nan_steps, lc.fail_at_epoch, lc.marker, w.rank, w.world)
     prepare = ssl_inputs(views_of, w.device)
     good = snapshot(method, opt, w.scaler)  # the state a rollback returns to
+    progress = EpochProgress(p.epochs, run.epoch, lc.progress_label or f"pretrain {p.method}",
+                             enabled=w.rank == 0 and not lc.cfg.run.quiet)
     timeline["model_ready"] = time.time()
 
     for epoch in range(run.epoch, p.epochs):
@@ -105,6 +108,7 @@ def train_loop_per_worker(config: dict) -> None:
                                 amp=w.amp, accum_steps=p.accum_steps, guard=guard, last_good=good,
                                 after_step=method.after_step, hooks=hooks, timeline=timeline)
         metrics = epoch_metrics(stats, epoch, opt, guard, w.world, run, lc.report_constants)
+        progress.update(epoch, metrics["loss"], metrics["lr"], metrics["images_per_s"])
         if w.rank == 0 and lc.probe:
             metrics.update(probe_metrics(method, lc.probe, p.image_size, w.device))
         logged = {k: v for k, v in metrics.items() if k != "resumed_optimizer"}

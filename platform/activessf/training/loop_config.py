@@ -30,6 +30,8 @@ class LoopConfig(BaseModel):
         default_factory=dict, description="in-memory sets by dataset name (``training.inline``), else Ray Data"
     )
     cache_mb: float = Field(2048, ge=0, description="a worker's shard up to this size is kept in memory")
+    progress_label: str = Field("", description="what rank 0's per-epoch progress lines start with (e.g. the "
+                                "fold); the lines are off under cfg.run.quiet")
 
     @classmethod
     def from_dict(cls, config: dict):
