@@ -1,6 +1,14 @@
-"""Pretraining overhead: the same tiny MAE epoch through Ray Train (1 and 2 workers) vs a plain torch loop.
+"""Pretraining overhead: the same MAE epoch through Ray Train (1 and 2 workers) vs a plain torch loop.
 
-    .venv/bin/python benchmarks/bench_pretrain.py [--images 2048] [--epochs 8] [--warmup 3] [--rounds 4] [--size 64] [--model micro]
+    .venv/bin/python benchmarks/bench_pretrain.py [--config micro64] [--rounds 4] [--images N] [--epochs N] ...
+    .venv/bin/python benchmarks/bench_pretrain.py --config small224 [--rounds 3]
+
+``--config`` picks a preset (``CONFIGS`` below); any other argument overrides the preset's value.
+``micro64`` is ViT-micro at 64 px with patch 8, all five variants, about 2.5 min a round here;
+``small224`` is ViT-small/16 at 224 px (the platform's ``pretrain.model=small``), 4 steps of 16 images an
+epoch, only ``plain``, ``plain_in_ray_task`` and ``ray_1`` (about 3.5 min a round on 2 cores).
+Ray is started as the platform starts it (``activessf.runtime.init_ray``: dashboard on, Ray Train's
+control-loop settings), not with a bare ``ray.init``.
 
 Goal (issue 5): Ray Train with 1 worker <= 1.10x the plain loop's epoch time;
 then 2 workers vs 1 on this machine. Both paths run the same training step
@@ -39,8 +47,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import table, write  # noqa: E402
 
 
+VARIANTS = ("plain", "plain_ray_up", "plain_in_ray_task", "ray_1", "ray_2")
+# presets: argparse defaults that any explicit argument overrides
+CONFIGS = {
+    "micro64": dict(model="micro", size=64, patch=8, batch=32, images=2048, epochs=8, warmup=3, rounds=4,
+                    variants=",".join(VARIANTS)),
+    # ~11 s an epoch here (MAE, 75% masked: the encoder sees 49 of 196 patches, the decoder all 196)
+    "small224": dict(model="small", size=224, patch=16, batch=16, images=64, epochs=5, warmup=2, rounds=3,
+                     variants="plain,plain_in_ray_task,ray_1"),
+}
+
+
 def overrides(args, workers: int) -> list[str]:
-    return [f"pretrain.model={args.model}", f"pretrain.image_size={args.size}", "pretrain.patch_size=8",
+    return [f"pretrain.model={args.model}", f"pretrain.image_size={args.size}", f"pretrain.patch_size={args.patch}",
             f"pretrain.batch_size={args.batch}", f"pretrain.epochs={args.epochs}", "pretrain.warmup_epochs=1",
             f"pretrain.checkpoint_every={args.epochs}", f"pretrain.num_workers={workers}",
             "pretrain.source=filtered"]
@@ -90,20 +109,33 @@ def in_ray_task(images: np.ndarray, cfg) -> list[float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--images", type=int, default=2048)
-    ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--warmup", type=int, default=3, help="epochs left out of the steady-state median")
-    ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--model", default="micro")
-    ap.add_argument("--rounds", type=int, default=4, help="interleaved rounds of plain, Ray 1, Ray 2")
-    ap.add_argument("--out", type=Path)
+    ap.add_argument("--config", choices=sorted(CONFIGS), default="micro64",
+                    help="preset for the arguments below; each one given explicitly wins")
+    ap.add_argument("--images", type=int)
+    ap.add_argument("--epochs", type=int)
+    ap.add_argument("--warmup", type=int, help="epochs left out of the steady-state median")
+    ap.add_argument("--size", type=int)
+    ap.add_argument("--patch", type=int)
+    ap.add_argument("--batch", type=int)
+    ap.add_argument("--model")
+    ap.add_argument("--rounds", type=int, help="interleaved rounds of the variants")
+    ap.add_argument("--variants", help=f"comma-separated subset of {','.join(VARIANTS)}")
+    ap.add_argument("--out", type=Path, help="default benchmarks/results/pretrain[_CONFIG].json")
     args = ap.parse_args()
+    for key, value in CONFIGS[args.config].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    chosen = [v for v in args.variants.split(",") if v]
+    if unknown := set(chosen) - set(VARIANTS):
+        ap.error(f"unknown variants {sorted(unknown)}; choose from {','.join(VARIANTS)}")
+    if args.warmup >= args.epochs:
+        ap.error("--warmup must be below --epochs (the steady median needs at least one epoch)")
 
     import pyarrow as pa
     import pyarrow.parquet as pq
     import ray
 
+    from activessf.runtime import init_ray, shutdown_ray
     from activessf.config import load_config
     from activessf.imageio import encode_png
     from activessf.data.resize import source_size
@@ -114,8 +146,7 @@ def main() -> None:
     size = source_size(args.size)
     images = rng.integers(0, 255, (args.images, size, size, 3), dtype=np.uint8)
     cfg_plain = load_config(overrides=overrides(args, 1))
-    runs: dict[str, list[list[float]]] = {"plain": [], "plain_ray_up": [], "plain_in_ray_task": [],
-                                          "ray_1": [], "ray_2": []}
+    runs: dict[str, list[list[float]]] = {k: [] for k in VARIANTS if k in chosen}
     walls: dict[str, list[float]] = {k: [] for k in runs}  # whole run: start-up, every epoch, checkpoint
 
     def timed(key, fn):
@@ -131,14 +162,17 @@ def main() -> None:
                                  "crop": [encode_png(im) for im in images]}), tmp / "regions" / "regions" / "p.parquet")
         init_mlflow(tmp / "work", "bench")
         for r in range(args.rounds):
-            runs["plain"].append(timed("plain", lambda: plain_loop(images, cfg_plain)))  # no Ray running at all
-            ray.init(include_dashboard=False, log_to_driver=False)
+            if "plain" in runs:  # no Ray running at all
+                runs["plain"].append(timed("plain", lambda: plain_loop(images, cfg_plain)))
+            init_ray(quiet=True)  # as the CLI starts it (Ray Train's control-loop settings, dashboard)
             try:
-                runs["plain_ray_up"].append(timed("plain_ray_up", lambda: plain_loop(images, cfg_plain)))  # Ray idle
-                task = ray.remote(num_cpus=2)(in_ray_task)
-                runs["plain_in_ray_task"].append(timed("plain_in_ray_task",
-                                                       lambda: ray.get(task.remote(images, cfg_plain))))
-                for workers in (1, 2):
+                if "plain_ray_up" in runs:  # Ray idle
+                    runs["plain_ray_up"].append(timed("plain_ray_up", lambda: plain_loop(images, cfg_plain)))
+                if "plain_in_ray_task" in runs:
+                    task = ray.remote(num_cpus=2)(in_ray_task)
+                    runs["plain_in_ray_task"].append(timed("plain_in_ray_task",
+                                                           lambda: ray.get(task.remote(images, cfg_plain))))
+                for workers in [w for w in (1, 2) if f"ray_{w}" in runs]:
                     cfg = load_config(overrides=overrides(args, workers) + [f"run.work_dir={tmp / 'work'}"])
                     out = tmp / f"enc{workers}_{r}"
                     timed(f"ray_{workers}", lambda: run_pretrain(  # the plain loop draws no pictures either
@@ -146,14 +180,15 @@ def main() -> None:
                     history = json.loads((out / "history.json").read_text())
                     runs[f"ray_{workers}"].append([h["epoch_seconds"] for h in history])
             finally:
-                ray.shutdown()
+                shutdown_ray()
             print(f"round {r + 1}/{args.rounds}: " + ", ".join(
                 f"{k} {np.median(v[-1][args.warmup:]):.2f} s" for k, v in runs.items()), flush=True)
     per_round = {k: [float(np.median(epochs[args.warmup:])) for epochs in v] for k, v in runs.items()}
     # what a run costs beyond its epochs at the steady pace: Ray start-up, data streaming, checkpoints, teardown
     startup = {k: [w - args.epochs * m for w, m in zip(walls[k], per_round[k])] for k in runs}
     med = {k: float(np.median(v)) for k, v in per_round.items()}
-    record = {"images": args.images, "image_size": args.size, "batch": args.batch, "model": args.model,
+    record = {"config": args.config, "images": args.images, "image_size": args.size, "patch_size": args.patch,
+              "batch": args.batch, "model": args.model, "ray_start": "activessf.runtime.init_ray",
               "epochs": args.epochs, "warmup_epochs": args.warmup, "rounds": args.rounds, "epoch_seconds": runs,
               "run_wall_seconds": walls, "startup_seconds_per_round": startup,
               "startup_seconds": {k: round(float(np.median(v)), 2) for k, v in startup.items()},
@@ -163,19 +198,18 @@ def main() -> None:
               "plain_in_ray_task_over_plain": ("plain_in_ray_task", "plain"),
               "ray1_over_plain_in_ray_task": ("ray_1", "plain_in_ray_task")}
     for name, (num, den) in ratios.items():  # within each round, then the median round
+        if num not in runs or den not in runs:
+            continue
         per = [a / b for a, b in zip(per_round[num], per_round[den])]
         record[f"{name}_per_round"] = [round(x, 3) for x in per]
         record[name] = round(float(np.median(per)), 3)
-    path = write("pretrain", record, args.out)
+    path = write("pretrain" if args.config == "micro64" else f"pretrain_{args.config}", record, args.out)
     print(table([(k, round(v, 2), round(args.images / v, 1), record["startup_seconds"][k]) for k, v in med.items()],
                 (f"MAE {args.model} @{args.size}, {args.images} images", "s/epoch", "images/s", "start-up s")))
-    print(f"\nRay 1 worker / plain: {record['ray1_over_plain']}x (rounds: {record['ray1_over_plain_per_round']});  "
-          f"2 workers / 1 worker: {record['ray2_over_ray1']}x (rounds: {record['ray2_over_ray1_per_round']})")
-    print(f"plain loop with an idle Ray up / without: {record['plain_ray_up_over_plain']}x; Ray 1 worker / that: "
-          f"{record['ray1_over_plain_ray_up']}x (rounds: {record['ray1_over_plain_ray_up_per_round']})")
-    print(f"plain loop as a Ray task / plain: {record['plain_in_ray_task_over_plain']}x "
-          f"(rounds: {record['plain_in_ray_task_over_plain_per_round']}); Ray 1 worker / that: "
-          f"{record['ray1_over_plain_in_ray_task']}x (rounds: {record['ray1_over_plain_in_ray_task_per_round']})")
+    print()
+    for name in ratios:
+        if name in record:
+            print(f"{name}: {record[name]}x (rounds: {record[name + '_per_round']})")
     print(f"wrote {path}")
 
 

@@ -133,6 +133,7 @@ def test_predict_writes_cells_fields_errors_overlays_and_an_mlflow_run(ray_clust
     assert {"summary.json", "fields.csv", "errors.csv", "overlays"} <= logged
 
 
+@pytest.mark.slow  # a registered pyfunc in a real sqlite store: ~5 s with the model's training
 def test_a_registered_version_resolves_to_the_same_model_and_filter(tiny_model, tmp_path):
     """``models:/NAME@ALIAS`` and ``models:/NAME/VERSION`` against a real sqlite registry; a run id too."""
     import mlflow
