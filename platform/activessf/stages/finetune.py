@@ -281,7 +281,7 @@ def save_model(out: Path, state: dict, ft, classes: list[str], record: dict) -> 
                                                                   ("accuracy", "pr_auc", "f1")},
             "model_digest": file_digest(out / "model.pt")}
     (out / "model.json").write_text(json.dumps(spec, indent=2))
-    return {"path": str(out), "digest": spec["model_digest"]}
+    return {"path": out.name, "digest": spec["model_digest"]}  # relative to the output (``out`` is in staging)
 
 
 def assemble(results: list[dict], data: dict, ev) -> dict:
