@@ -6,9 +6,12 @@ import json
 import os
 import re
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -65,16 +68,23 @@ def write_cells(root: Path, counts: dict[str, int], size: int = 12, seed: int = 
 
 # ------------------------------------------------------------------ Ray: one local cluster per session
 
-# Order of the session: tests that need no Ray, then those sharing the session's local Ray, then those that
-# start a Ray of their own (a `ray start --head`, a subprocess's local Ray), after the shared one is stopped:
-# two Ray clusters never run on the machine at once.
-GROUPS = ("no Ray", "shared local Ray", "own Ray")
+# Order of the session: tests that need no Ray, then those on the token-auth head (`head`: the demo job and
+# what checks its outputs), then those sharing the session's local Ray, then those that start a Ray of their
+# own: the multi-node cluster (stopped at the end of its module), then a subprocess's local Ray. The head is
+# stopped before the first test of a later group starts (`pytest_runtest_setup`), the shared Ray before a
+# test starts its own (`own_ray`): two Ray clusters never run at once. The demo job, when the session has
+# it, is submitted as the session starts and runs on the head beside the tests that need no Ray
+# (`_demo_job_beside_the_tests_without_ray`).
+GROUPS = ("no Ray", "token-auth head", "shared local Ray", "multi-node Ray", "own Ray")
+HEAD_GROUP = GROUPS.index("token-auth head")
 
 
 def group_of(item) -> int:
+    if "head" in getattr(item, "fixturenames", ()):
+        return HEAD_GROUP
     if item.get_closest_marker("own_ray"):
-        return 2
-    return 1 if item.get_closest_marker("ray") else 0
+        return 3 if item.get_closest_marker("multinode") else 4
+    return 2 if item.get_closest_marker("ray") else 0
 
 
 # Session fixtures that take minutes: the first test that uses one pays for it within its time limit.
@@ -90,6 +100,12 @@ def pytest_collection_modifyitems(config, items):
         first = next((i for i in items if name in getattr(i, "fixturenames", ())), None)
         if first is not None:
             first.add_marker(pytest.mark.timeout(seconds))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    if group_of(item) > HEAD_GROUP:
+        stop_head()  # before this test's fixtures start a Ray: the head's tests have all run
 
 
 @pytest.fixture(scope="session")
@@ -188,24 +204,55 @@ def ray_cli(*args, env, timeout=120, cwd=None):
                           timeout=timeout)
 
 
+# The head and its worker node listen on a loopback address that Ray does not rewrite (given 127.0.0.1, a
+# joining node connects to the machine's outward address instead); the job API is on 127.0.0.1.
+NODE_IP = "127.0.0.2"
+
+
+_HEAD: dict = {}  # the running head's environment, for stop_head()
+
+
+def stop_head() -> None:
+    """Stop the session's head (`head`) if it runs."""
+    env = _HEAD.pop("env", None)
+    if env is not None:
+        ray_cli("stop", "--force", env=env)
+    shutil.rmtree(_HEAD.pop("tmp", "/nonexistent"), ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def head(tmp_path_factory, own_ray):
-    """`ray start --head` on 127.0.0.1 with token auth and its own token file (never the user's ~/.ray),
-    stopped at the end of the session."""
+    """A two-node cluster with token auth and its own token file (never the user's ~/.ray): `ray start
+    --head` (2 CPUs, node-type=gpu: it takes the training) and a worker node joined with `ray start
+    --address` (1 CPU, node-type=cpu: it takes the filtering and embedding), both on loopback; stopped
+    when the first test of a later group starts (its tests all come together, `group_of`), or at the end
+    of the session."""
     home = tmp_path_factory.mktemp("head")
     token = home / "auth_token"
     token.write_text(secrets.token_hex(16))
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     # `python` in a job's entrypoint is the head's: the venv that holds torch, ray and mlflow
     env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), "PATH": f"{BIN}:{env['PATH']}"}
-    started = ray_cli("start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
-                      "--dashboard-host=127.0.0.1", "--dashboard-port=8265", "--num-cpus=2",
+    # Ray Train's preemption watcher (one more process per Train run, ~1.5 CPU-s each: 10.6 of the demo
+    # job's 224 CPU-s on 2026-12-03) watches for nodes being drained; no test drains one
+    env |= {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+    _HEAD["env"] = env
+    port = free_port()
+    started = ray_cli("start", "--head", f"--node-ip-address={NODE_IP}", f"--port={port}",
+                      "--dashboard-host=127.0.0.1", "--dashboard-port=8265", "--num-cpus=2", "--labels=node-type=gpu",
                       "--disable-usage-stats", env=env)
     try:
         assert started.returncode == 0, started.stderr[-3000:]
+        # a temp dir of its own, as another machine's local disk: two raylets sharing one session directory
+        # share its runtime_resources, and the worker node's clean-up deleted the job's working directory
+        # (the driver's cwd on the head) once its own tasks were done
+        _HEAD["tmp"] = tempfile.mkdtemp(prefix="ray-node-")  # short: Ray's socket paths live under it
+        joined = ray_cli("start", f"--address={NODE_IP}:{port}", f"--node-ip-address={NODE_IP}", "--num-cpus=1",
+                         "--labels=node-type=cpu", f"--temp-dir={_HEAD['tmp']}", "--disable-usage-stats", env=env)
+        assert joined.returncode == 0, joined.stderr[-3000:]
         yield env, home
     finally:
-        ray_cli("stop", "--force", env=env)
+        stop_head()
 
 
 # The demo as the job: 3 fields, 55 labelled crops; small budgets. Its outputs (a 2-fold fine-tuning run
@@ -218,17 +265,67 @@ DEMO_JOB = ["synth.images=3", "synth.labelled=55", "synth.width=512", "synth.hei
 
 
 @pytest.fixture(scope="session")
-def demo_job(head) -> dict:
-    """`ray job submit` of jobs/demo.py (the library shipped with py_modules) to the head; waits for it."""
+def _demo_submission(head) -> dict:
+    """`ray job submit` of jobs/demo.py (the library shipped with py_modules) to the head, running in the
+    background: it waits for the job and streams its logs into files that `demo_job` reads."""
     env, home = head
     work = home / "job-work"
     submit = ["job", "submit", "--address", JOB_API, "--working-dir", ".",
               "--runtime-env-json", json.dumps({"py_modules": ["platform/activessf"]}), "--",
               "python", "jobs/demo.py", "--work-dir", str(work), "--no-progress",
               *[a for o in DEMO_JOB for a in ("--set", o)]]
-    out = ray_cli(*submit, env=env, cwd=REPO, timeout=840)  # waits for the job and streams its logs
-    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    out, err = home / "submit.out", home / "submit.err"
+    with open(out, "w") as o, open(err, "w") as e:
+        proc = subprocess.Popen([str(BIN / "ray"), *submit], env=env, cwd=REPO, stdout=o, stderr=e, text=True)
+    try:
+        yield {"proc": proc, "out": out, "err": err, "env": env, "work": work, "deadline": time.time() + 840}
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _demo_job_beside_the_tests_without_ray(request):
+    """When the session runs the demo job after tests that need no Ray (`make test`), submit it as the
+    session starts: the job's Ray processes then use the core those tests leave idle instead of running
+    alone after them."""
+    items = request.session.items
+    if items and group_of(items[0]) == 0 and any("demo_job" in i.fixturenames for i in items):
+        request.getfixturevalue("_demo_submission")
+
+
+@pytest.fixture(scope="session")
+def demo_job(_demo_submission) -> dict:
+    """The demo job's outcome (waits for `_demo_submission`): its environment, work dir, logs, config, id."""
+    job = _demo_submission
+    job["proc"].wait(timeout=max(job["deadline"] - time.time(), 1))
+    stdout, stderr = job["out"].read_text(), job["err"].read_text()
+    assert job["proc"].returncode == 0, (stdout + stderr)[-4000:]
     from activessf.config import load_config
 
-    return {"env": env, "work": work, "stdout": out.stdout, "cfg": load_config(work / "demo" / "config.yaml"),
-            "job_id": re.search(r"raysubmit_\w+", out.stdout).group(0)}
+    work = job["work"]
+    return {"env": job["env"], "work": work, "stdout": stdout, "cfg": load_config(work / "demo" / "config.yaml"),
+            "job_id": re.search(r"raysubmit_\w+", stdout).group(0)}
+
+
+@pytest.fixture(scope="session")
+def served(demo_job, tmp_path_factory) -> dict:
+    """The demo job's final fit registered as ``served`` (its first version: champion) and served by
+    ``mlflow models serve`` on 127.0.0.1 from the first test that asks until the end of the session
+    (started once, about 8 s; the serving and load tests in tests/serving share it). ``server`` is a
+    ``bench_serving.Server`` (``url``, ``process``, ``log_tail()``); ``record`` the registration's."""
+    from activessf.serving.registry import register
+    from activessf.tracking import init_mlflow, tracking_uri
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import bench_serving  # the served model's load and fuzz, shared with its benchmark
+
+    work, cfg = demo_job["work"], demo_job["cfg"]
+    cfg = cfg.model_copy(update={"register": cfg.register.model_copy(update={"model_name": "served"})})
+    init_mlflow(work, "registry")
+    record = register(work / "finetune" / "activessf", cfg).summary
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(work)}
+    with bench_serving.serve(f"models:/served@{cfg.register.alias}", env,
+                             tmp_path_factory.mktemp("served") / "server.log") as server:
+        yield {"server": server, "record": record, "cfg": cfg, "data": work / "data"}

@@ -40,3 +40,15 @@ def test_every_node_runs_with_token_auth_and_the_pinned_install(cluster):
     worker = " ".join(cluster["worker_start_ray_commands"])
     assert "NCCL_P2P_DISABLE=1" in worker and "NCCL_SOCKET_IFNAME" in worker
 
+
+def test_nodes_carry_the_type_labels_the_placement_defaults_expect(cluster):
+    """The head, and each worker by whether it has a GPU, label themselves as `placement` expects."""
+    from activessf.config import PlacementConfig
+
+    p = PlacementConfig()
+    head = " ".join(cluster["head_start_ray_commands"])
+    worker = " ".join(cluster["worker_start_ray_commands"])
+    assert f"--labels={p.label}=head" in head
+    assert f"--labels={p.label}=$(nvidia-smi -L >/dev/null 2>&1 && echo {p.train} || echo {p.data})" in worker
+    assert p.store == p.data  # the store actor goes to the CPU workers too
+

@@ -1,8 +1,8 @@
-"""`ray job submit` against a real head started with `ray start --head` on loopback, token auth on,
-and the demo end to end as the job it runs.
+"""`ray job submit` against a real two-node cluster (`ray start --head` and a worker node joined with
+`ray start --address`, on loopback, token auth on), and the demo end to end as the job it runs.
 
-The head is the only Ray on the machine while these tests run: they run last in the session, after the
-shared local Ray has stopped (the `own_ray` marker).
+The head is the only Ray on the machine while these tests run: they run after the tests that need no Ray
+and before the shared local Ray starts (`head` in conftest.py).
 """
 
 import json
@@ -27,10 +27,18 @@ def test_a_submit_without_the_token_is_refused(head, repo, tmp_path):
     assert "authentication" in (out.stdout + out.stderr).lower()
 
 
+def node_types(env) -> dict[str, str]:
+    """node id -> its node-type label, from the cluster's state API (with the token)."""
+    listed = ray_cli("list", "nodes", "--address", JOB_API, "--format", "json", env=env)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    return {n["node_id"]: n["labels"].get("node-type") for n in json.loads(listed.stdout) if n["state"] == "ALIVE"}
+
+
 @pytest.mark.timeout(900)
-def test_the_demo_job_runs_the_whole_method_on_the_head(demo_job, repo):
+def test_the_demo_job_runs_the_whole_method_on_the_cluster(demo_job, repo):
     """`activessf demo` as a Ray job (jobs/demo.py): the pipeline (filter, embed, select, pretrain,
-    fine-tune with a final fit, register) and the demo's scoring and from-scratch baseline, end to end."""
+    fine-tune with a final fit, register) and the demo's scoring and from-scratch baseline, end to end,
+    each stage on its node type: filtering on the CPU worker node, training on the head (node-type=gpu)."""
     import mlflow
 
     work, out = demo_job["work"], demo_job["stdout"]
@@ -48,6 +56,12 @@ def test_the_demo_job_runs_the_whole_method_on_the_head(demo_job, repo):
     assert not embedded["random_init"] and embedded["encoder"]["source"] == "filtered"
     assert all(set(s) == {"stage", "output", "mlflow_run_id", "summary"} for s in record["stages"].values())
     assert record["ray"]["started_local"] is False  # the job joined the head, it did not start its own Ray
+    types = node_types(demo_job["env"])
+    assert sorted(types.values()) == ["cpu", "gpu"]
+    filtered = record["stages"]["filter"]["summary"]["nodes"]
+    assert {types[n] for n in filtered} == {"cpu"} and sum(filtered.values()) == 3  # every field on the CPU node
+    placed = record["stages"]["pretrain"]["summary"]["placements"]
+    assert placed and {types[n] for p in placed for n in p["nodes"]} == {"gpu"}  # training on the head
     # py_modules carried the library: workers import it from the job's runtime resources, not the checkout
     assert "runtime_resources" in record["worker_package"] and not record["worker_package"].startswith(str(repo))
     assert (work / "encoder" / "encoder.pt").is_file() and np.isfinite(record["stages"]["pretrain"]["summary"]["final_loss"])

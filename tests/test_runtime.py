@@ -20,6 +20,17 @@ def test_tracking_uri_honours_environment(tmp_path, monkeypatch):
     assert tracking_uri(tmp_path) == "http://127.0.0.1:5999"
 
 
+def test_a_second_work_dir_in_one_process_gets_its_own_store(tmp_path):
+    """mlflow.set_tracking_uri exports the URI as MLFLOW_TRACKING_URI; that is not the user's choice, so a
+    later work dir in the same process gets its own store, not the first one's."""
+    import mlflow
+
+    init_mlflow(tmp_path / "a", "unit")
+    assert os.environ["MLFLOW_TRACKING_URI"].endswith("/a/mlflow.db")  # what MLflow itself exports
+    init_mlflow(tmp_path / "b", "unit")
+    assert mlflow.get_tracking_uri() == tracking_uri(tmp_path / "b") == f"sqlite:///{(tmp_path / 'b').resolve()}/mlflow.db"
+
+
 def test_init_mlflow_writes_sqlite_and_artifacts_under_work_dir(tmp_path):
     import mlflow
 

@@ -826,7 +826,8 @@ def failure(args: argparse.Namespace, exc: Exception) -> int:
     """Exit code 2 for a usage or configuration error raised here, 1 for anything else (with the
     traceback in a file, and on stderr with -v)."""
     cause = root_cause(exc)
-    if isinstance(exc, USAGE_ERRORS) and cause is exc:
+    nameless = isinstance(exc, OSError) and exc.errno is not None and exc.filename is None  # not about an input
+    if isinstance(exc, USAGE_ERRORS) and cause is exc and not nameless:
         return failed(args, 2, f"error: {exc}", exc)
     path = Path(tempfile.gettempdir()) / f"activessf-{args.command}-{time.strftime('%Y%m%d-%H%M%S')}.traceback"
     text = "".join(traceback.format_exception(exc))

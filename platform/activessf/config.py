@@ -66,6 +66,20 @@ class RunConfig(Section):
                         "no info logs: warnings, errors and the result only (the CLI's --quiet)")
 
 
+class PlacementConfig(Section):
+    """Which node type runs what, on a cluster whose nodes carry a type label (``ray start --labels
+    node-type=cpu``). A stage's work goes to nodes of its type when the cluster has any; on a cluster
+    without them (one machine, untyped nodes) it runs anywhere, as before. "" = anywhere, always."""
+
+    label: str = Field("node-type", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-/]*$",
+                       description="the node label whose value is the node's type")
+    data: str = Field("cpu", description="node type for region filtering, and for embedding and prediction "
+                      "when they run on CPU")
+    store: str = Field("cpu", description="node type for the prototype store actor")
+    train: str = Field("gpu", description="node type for Ray Train workers (pretraining, fine-tuning, "
+                       "selection trials) and for embedding and prediction actors on GPU")
+
+
 class SynthConfig(Section):
     seed: int = Field(0, ge=0, description="generator seed; same seed and settings = identical files")
     images: int = Field(24, ge=1, le=1_000_000, description="number of smear fields")
@@ -417,6 +431,8 @@ class RegisterConfig(Section):
     max_image_pixels: int = Field(25_000_000, ge=1, description="served images above this are refused (from the header)")
     max_image_bytes: int = Field(20_000_000, ge=1, description="served files above this are refused")
     max_images: int = Field(64, ge=1, description="images per request at most")
+    max_request_bytes: int = Field(64_000_000, ge=1, description="served request bodies above this get 413, "
+                                   "before they are parsed")
 
 
 # pydantic warns that the field `register` shadows ABCMeta.register on the class;
@@ -428,6 +444,7 @@ class Config(Section):
     """The whole pipeline's configuration; each attribute is one stage's section."""
 
     run: RunConfig = Field(default_factory=RunConfig)
+    placement: PlacementConfig = Field(default_factory=PlacementConfig)
     synth: SynthConfig = Field(default_factory=SynthConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
     embed: EmbedConfig = Field(default_factory=EmbedConfig)

@@ -5,22 +5,56 @@ actors; training stages (pretrain, finetune, sweep trials) get Ray Train workers
 and how many runs go at once. GPUs are used when the cluster has them unless
 the stage's ``use_gpu`` says otherwise; on CPU the workers share the machine's
 cores.
+
+On a cluster whose nodes carry a type label (``placement.label``, e.g. ``ray start
+--labels node-type=cpu``), each stage's work goes to the nodes of its type
+(``placement.data``, ``.store``, ``.train``) and is sized by those nodes alone;
+when the cluster has no node of that type, the work runs anywhere.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 from typing import Optional
 
 from .config import Config
 
-STAGES = ("filter", "embed", "predict", "pretrain", "finetune", "sweep-selection", "sweep-filter")
+log = logging.getLogger(__name__)
+
+STAGES = ("filter", "embed", "predict", "pretrain", "finetune", "sweep-selection", "sweep-filter", "store")
+
+
+@dataclass(frozen=True)
+class Node:
+    node_id: str
+    labels: tuple  # (key, value) pairs
+    cpus: int
+    gpus: int
+
+    def label(self, key: str) -> Optional[str]:
+        return dict(self.labels).get(key)
 
 
 @dataclass(frozen=True)
 class Cluster:
     cpus: int
     gpus: int
+    nodes: tuple = ()  # Node, alive ones; empty when unknown (a Cluster made by hand)
+
+    def typed(self, label: str, kind: str) -> tuple["Cluster", Optional[dict]]:
+        """The part of the cluster whose nodes have ``label`` = ``kind``, and the label selector that
+        sends work there; the whole cluster and no selector when no node has that type (or ``kind`` is "")."""
+        if not kind or not label:
+            return self, None
+        mine = [n for n in self.nodes if n.label(label) == kind]
+        if not mine:
+            types = sorted({n.label(label) for n in self.nodes} - {None})
+            if types:  # a typed cluster without this type: most likely a typo in the config
+                log.warning("no node has %s=%s (the cluster's types: %s); the work runs on any node",
+                            label, kind, ", ".join(types))
+            return self, None
+        return Cluster(sum(n.cpus for n in mine), sum(n.gpus for n in mine), tuple(mine)), {label: kind}
 
 
 @dataclass(frozen=True)
@@ -34,26 +68,49 @@ class Resources:
     cpus_per_worker: float
     concurrent: int = 1
     blocks: int = 1
+    label_selector: Optional[dict] = None  # the node type the work must run on (None: any node)
 
     def scaling_config(self):
         """Ray Train's ScalingConfig for one run."""
         from ray.train import ScalingConfig
 
-        return ScalingConfig(num_workers=self.workers, use_gpu=self.use_gpu,
+        return ScalingConfig(num_workers=self.workers, use_gpu=self.use_gpu, label_selector=self.label_selector,
                              resources_per_worker=None if self.use_gpu else {"CPU": self.cpus_per_worker})
+
+    def remote_args(self) -> dict:
+        """Keyword arguments for ``map_batches`` / ``.options``: the label selector, when there is one."""
+        return {"label_selector": dict(self.label_selector)} if self.label_selector else {}
 
 
 def cluster() -> Cluster:
-    """The CPUs and GPUs of the Ray cluster this process is attached to."""
+    """The CPUs and GPUs of the Ray cluster this process is attached to, and its alive nodes."""
     import ray
 
     res = ray.cluster_resources()
-    return Cluster(max(int(res.get("CPU", 1)), 1), int(res.get("GPU", 0)))
+    nodes = tuple(Node(n["NodeID"], tuple(sorted((n.get("Labels") or {}).items())),
+                       int(n["Resources"].get("CPU", 0)), int(n["Resources"].get("GPU", 0)))
+                  for n in ray.nodes() if n.get("Alive"))
+    return Cluster(max(int(res.get("CPU", 1)), 1), int(res.get("GPU", 0)), nodes)
 
 
 def plan(stage: str, cfg: Config, where: Optional[Cluster] = None, cpus_per_task: float = 1.0) -> Resources:
     """The resources of ``stage`` (one of ``STAGES``) on ``where`` (default: the attached cluster)."""
-    c = where or cluster()
+    whole = where or cluster()
+    res = _plan(stage, cfg, whole, cpus_per_task)
+    kind = {"store": cfg.placement.store}.get(stage, cfg.placement.train if res.use_gpu or stage in TRAIN
+                                              else cfg.placement.data)
+    part, selector = whole.typed(cfg.placement.label, kind)
+    if selector is None:
+        return res
+    return replace(_plan(stage, cfg, replace(part, cpus=max(part.cpus, 1)), cpus_per_task), label_selector=selector)
+
+
+TRAIN = ("pretrain", "finetune", "sweep-selection")
+
+
+def _plan(stage: str, cfg: Config, c: Cluster, cpus_per_task: float) -> Resources:
+    if stage == "store":  # the prototype store actor: a quarter CPU (it serves small batched calls)
+        return Resources(False, 1, 0.25)
     if stage == "filter":
         return Resources(False, max(int(c.cpus / cpus_per_task), 1), cpus_per_task, blocks=4 * c.cpus)
     if stage == "embed":  # an actor per GPU, else per CPU

@@ -29,7 +29,7 @@ class RayRuntime:
 # The controller polls its workers every 2 s by default, so a finished run is noticed up to seconds late and
 # every run pays that at its end; a poll is one small actor call per worker. On a single machine started by
 # the platform there is no node to be drained, so Ray Train's preemption watcher (one more process per run)
-# has nothing to watch. See docs/reliability.md for the measured effect.
+# has nothing to watch. See docs/startup.md for the measured effect.
 TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
 LOCAL_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
@@ -87,6 +87,17 @@ def hide_progress_bars() -> None:
 
     DataContext.get_current().enable_progress_bars = False
     log_once("ray_data_progress_manager_disabled")  # spends Ray Data's one warning that the bars are off
+
+
+def node_id() -> str:
+    """The Ray node this process runs on (its hex id), or "" outside Ray: recorded with the rows a task
+    writes, so that an output says where its parts were made."""
+    import sys
+
+    ray = sys.modules.get("ray")  # not imported: not on Ray
+    if ray is None or not ray.is_initialized():
+        return ""
+    return ray.get_runtime_context().get_node_id()
 
 
 def shutdown_ray() -> None:

@@ -7,9 +7,9 @@ Every stage is one function of the same shape,
 and the CLI, the jobs, the pipeline, the demo and the sweep consume its
 :class:`StageResult` the same way. A stage
 
-- writes into a staging directory that replaces ``out`` in one rename at the end
-  (:func:`staged_output`): a failed run leaves nothing half-written, and a rerun
-  never silently appends to the last one;
+- writes into a staging directory that replaces ``out`` in one atomic exchange at
+  the end (:func:`staged_output`): a failed or killed run leaves nothing
+  half-written, and a rerun never silently appends to the last one;
 - records itself in one MLflow run opened by :func:`stage_run` (nested under the
   active run when there is one, e.g. the pipeline's), with its configuration as
   parameters, its numeric summary as metrics and its files as artifacts;
@@ -18,10 +18,15 @@ and the CLI, the jobs, the pipeline, the demo and the sweep consume its
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import functools
+import logging
 import os
 import shutil
+import socket
 import subprocess
+import sys
 import time
 import uuid
 import warnings
@@ -74,45 +79,178 @@ def _plain(value: Any) -> Any:
 
 
 # ------------------------------------------------------------------ outputs
+#
+# How an output replaces the last one. The stage writes into ``.NAME.staging-*`` beside ``out``; at the
+# end, on Linux, one renameat2(RENAME_EXCHANGE) swaps the staging directory and ``out``, so that ``out``
+# is at every instant either the complete previous output or the complete new one, even under SIGKILL;
+# then the previous output (now at the staging name) is removed. Where the exchange is not available
+# (another OS, a filesystem without it) ``out`` moves aside to ``.NAME.old-*`` and the staging directory
+# takes its place: a kill between those two renames leaves no ``out``, only ``.NAME.old-*``.
+#
+# Leftovers are named ``.NAME.<kind>-<pid>@<host>-<random>``. The next :func:`check_output` of the same
+# ``out`` removes those whose writer is gone (this host, no process with that pid), and puts a
+# ``.NAME.old-*`` back as ``out`` when ``out`` is missing. Leftovers of live writers, of other hosts
+# (shared filesystems) and of unknown names are left alone: a reused pid keeps a leftover, never loses one.
+
+log = logging.getLogger(__name__)
+
+LEFTOVER_KINDS = ("staging", "old", "probe")
+AT_FDCWD = -100
+RENAME_EXCHANGE = 2  # linux/fs.h
 
 
 class OutputExists(FileExistsError):
     pass
 
 
+class OutputNotWritable(PermissionError, ValueError):
+    """``--out`` lies in a directory this process cannot write (read-only mount, immutable, no permission).
+    A ``ValueError`` too: the command line reports it as a usage error (exit 2), found before any work."""
+
+
 def check_output(out: str | Path, overwrite: bool) -> Path:
-    """``out`` as a Path; an error that says what to do when it already holds outputs."""
+    """``out`` as a Path; an error that says what to do when it already holds outputs or cannot be written.
+
+    Called before any work (the CLI calls it before Ray starts). It also makes what killed writers of
+    ``out`` left beside it harmless (:func:`clear_leftovers`)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputExists(f"--out {out} is a file, not a directory")
+    clear_leftovers(out)
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         held = ", ".join(sorted(p.name for p in out.iterdir())[:6])
         raise OutputExists(
             f"{out} already holds outputs ({held}); pass --overwrite to replace them atomically "
             "or choose another --out"
         )
+    check_writable(out)
     return out
+
+
+def check_writable(out: Path) -> None:
+    """Create and remove a directory in the nearest existing folder above ``out``, where the staging
+    directory will go (a real write: root passes permission bits, not a read-only mount or an immutable
+    folder), and ask the kernel whether ``out`` itself, when it exists, may be written (``access(2)``
+    honours both; a probe inside ``out`` would be a stray file in the output if this process were killed)."""
+    parent = out.resolve().parent
+    while not parent.is_dir():
+        parent = parent.parent
+    try:
+        probe = parent / leftover_name(out, "probe")
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as e:
+        raise OutputNotWritable(f"--out {out}: cannot write in {parent} ({e.strerror}); choose another --out "
+                                "or make that directory writable") from None
+    if out.is_dir() and not os.access(out, os.W_OK | os.X_OK):
+        raise OutputNotWritable(f"--out {out}: cannot write in it; choose another --out or make it writable")
+
+
+def leftover_name(out: Path, kind: str) -> str:
+    """``.NAME.<kind>-<pid>@<host>-<random>``: who made it, so that a later run knows when it is stale."""
+    return f".{out.name}.{kind}-{os.getpid()}@{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+
+
+def leftover_writer(path: Path, out: Path) -> Optional[tuple[str, int, str]]:
+    """``(kind, pid, host)`` of a leftover of ``out``; None for any other name."""
+    prefix = f".{out.name}."
+    if not path.name.startswith(prefix):
+        return None
+    kind, _, rest = path.name[len(prefix):].partition("-")
+    writer, _, _ = rest.rpartition("-")
+    pid, _, host = writer.partition("@")
+    return (kind, int(pid), host) if kind in LEFTOVER_KINDS and pid.isdigit() and host else None
+
+
+def writer_alive(pid: int, host: str) -> bool:
+    """True unless ``pid`` is known gone: on this host, no such process (another host's: assumed alive)."""
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def clear_leftovers(out: str | Path) -> list[Path]:
+    """Remove the staging, old and probe directories of ``out`` whose writer is gone; a writer killed
+    between the fallback's two renames left ``out`` missing and its previous output at ``.NAME.old-*``:
+    that goes back to ``out``. Returns what was removed or put back."""
+    out = Path(out).resolve()
+    if not out.parent.is_dir():
+        return []
+    done = []
+    for path in sorted(out.parent.iterdir()):
+        writer = leftover_writer(path, out)
+        if writer is None or writer_alive(*writer[1:]):
+            continue
+        if writer[0] == "old" and not os.path.lexists(out):
+            os.rename(path, out)
+            log.warning("%s was missing (a writer was killed while replacing it): its previous output %s "
+                        "is back", out, path.name)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+        done.append(path)
+    return done
 
 
 @contextmanager
 def staged_output(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a fresh staging directory; on success it replaces ``out`` in one rename."""
+    """Yield a fresh staging directory; on success it replaces ``out`` atomically (see above)."""
     out = check_output(out, overwrite).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.staging-{uuid.uuid4().hex[:8]}"
+    staging = out.parent / leftover_name(out, "staging")
     staging.mkdir()
     try:
         yield staging
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(out, old)
-    os.replace(staging, out)
-    if old is not None:
+    replace_dir(staging, out)
+
+
+def replace_dir(new: Path, out: Path) -> None:
+    """Put the directory ``new`` at ``out`` and remove what ``out`` held: one exchange where the OS and
+    filesystem have one (``out`` is never missing nor mixed), else two renames."""
+    if not os.path.lexists(out):
+        os.rename(new, out)  # nothing to replace: one rename
+    elif exchange(new, out):
+        shutil.rmtree(new, ignore_errors=True)  # ``new`` now names the previous output
+    else:
+        old = out.parent / leftover_name(out, "old")
+        os.rename(out, old)
+        os.rename(new, out)
         shutil.rmtree(old, ignore_errors=True)
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap the paths ``a`` and ``b`` in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``, kernel
+    3.15+, glibc 2.28+); False where the OS, libc or filesystem has no such call."""
+    renameat2 = _renameat2()
+    if renameat2 is None:
+        return False
+    if renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # not supported here
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+@functools.lru_cache(maxsize=1)
+def _renameat2():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+    fn.restype = ctypes.c_int
+    return fn
 
 
 def train_storage(cfg: Config, storage: Optional[str] = None) -> str:

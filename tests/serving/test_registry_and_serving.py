@@ -2,12 +2,6 @@
 
 import base64
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -85,79 +79,42 @@ def test_register_refuses_a_run_without_a_final_model(trained):
         register(trained["b"], trained["cfg"])  # the ablation's row ran cross-validation only
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def post(port: int, images: list[bytes], kinds: list[str]):
+def post(url: str, images: list[bytes], kinds: list[str]):
     rows = [[base64.b64encode(b).decode(), k] for b, k in zip(images, kinds)]
-    return requests.post(f"http://127.0.0.1:{port}/invocations", timeout=120,
+    return requests.post(f"{url}/invocations", timeout=120,
                          json={"dataframe_split": {"columns": ["image", "kind"], "data": rows}})
 
 
-def test_served_champion_finds_and_classifies_cells_and_refuses_bad_images(trained, tmp_path):
+def test_served_champion_finds_and_classifies_cells_and_refuses_bad_images(trained, served):
     from activessf.imageio import encode_png, read_rgb
     from activessf.regions.filter import filter_image
-    from activessf.serving.registry import register
-    from activessf.tracking import tracking_uri
 
-    cfg = trained["cfg"].model_copy(update={"register": trained["cfg"].register.model_copy(
-        update={"model_name": "served"})})
-    assert register(trained["a"], cfg)["promoted"]
-    port = free_port()
-    bin_dir = Path(sys.executable).parent  # mlflow starts uvicorn from PATH
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(trained["work"]),
-           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    log = open(tmp_path / "server.log", "w")  # a file, not a pipe: a full pipe would stall the server
-    server = subprocess.Popen([str(bin_dir / "mlflow"), "models", "serve", "-m",
-                               "models:/served@champion", "--env-manager", "local", "--host", "127.0.0.1",
-                               "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
-
-    def server_log() -> str:
-        return (tmp_path / "server.log").read_text()[-3000:]
-
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert server.poll() is None and time.time() < deadline, server_log()
-            time.sleep(1)
-        # the field where the served model's filter (the job's settings) finds the most regions
-        field_path = max(sorted((trained["data"] / "smears").glob("*.png")),
-                         key=lambda f: len(filter_image(read_rgb(f), cfg.filter).regions))
-        field = field_path.read_bytes()
-        cell = encode_png(read_rgb(field_path)[100:180, 100:190])
-        res = post(port, [field, cell], ["field", "cell"])
-        assert res.status_code == 200, res.text[:2000] + server_log()
-        rows = res.json()["predictions"]
-        expected = filter_image(read_rgb(field_path), cfg.filter).regions
-        found = sorted((r["x"], r["y"], r["w"], r["h"]) for r in rows if r["image"] == 0)
-        assert found == sorted((r.x, r.y, r.w, r.h) for r in expected) and len(found) > 0
-        whole = [r for r in rows if r["image"] == 1]
-        assert len(whole) == 1 and (whole[0]["w"], whole[0]["h"]) == (90, 80)
-        for r in rows:
-            probs = [r[f"p_{c}"] for c in synth.SUBTYPES]
-            assert abs(sum(probs) - 1) < 1e-4 and r["subtype"] in synth.SUBTYPES
-            assert r["confidence"] == pytest.approx(max(probs))
-        bad = post(port, [b"this is not an image at all"], ["field"])
-        assert bad.status_code == 400 and "image 0: not an image" in bad.text
-        big = encode_png(np.zeros((900, 900, 3), np.uint8))  # 810,000 pixels > register.max_image_pixels
-        too_big = post(port, [cell, big], ["cell", "field"])
-        assert too_big.status_code == 400 and "image 1: image is 900x900" in too_big.text
-        assert "register.max_image_pixels" in too_big.text
-        wrong_kind = post(port, [cell], ["smear"])
-        assert wrong_kind.status_code == 400 and "kind must be 'cell' or 'field'" in wrong_kind.text
-        assert requests.get(f"http://127.0.0.1:{port}/ping", timeout=5).status_code == 200  # still serving
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
+    cfg, server = served["cfg"], served["server"]  # the session's `mlflow models serve` (tests/conftest.py)
+    assert served["record"]["promoted"] and served["record"]["model"] == "served"
+    url, server_log = server.url, server.log_tail
+    # the field where the served model's filter (the job's settings) finds the most regions
+    field_path = max(sorted((trained["data"] / "smears").glob("*.png")),
+                     key=lambda f: len(filter_image(read_rgb(f), cfg.filter).regions))
+    field = field_path.read_bytes()
+    cell = encode_png(read_rgb(field_path)[100:180, 100:190])
+    res = post(url, [field, cell], ["field", "cell"])
+    assert res.status_code == 200, res.text[:2000] + server_log()
+    rows = res.json()["predictions"]
+    expected = filter_image(read_rgb(field_path), cfg.filter).regions
+    found = sorted((r["x"], r["y"], r["w"], r["h"]) for r in rows if r["image"] == 0)
+    assert found == sorted((r.x, r.y, r.w, r.h) for r in expected) and len(found) > 0
+    whole = [r for r in rows if r["image"] == 1]
+    assert len(whole) == 1 and (whole[0]["w"], whole[0]["h"]) == (90, 80)
+    for r in rows:
+        probs = [r[f"p_{c}"] for c in synth.SUBTYPES]
+        assert abs(sum(probs) - 1) < 1e-4 and r["subtype"] in synth.SUBTYPES
+        assert r["confidence"] == pytest.approx(max(probs))
+    bad = post(url, [b"this is not an image at all"], ["field"])
+    assert bad.status_code == 400 and "image 0: not an image" in bad.text
+    big = encode_png(np.zeros((900, 900, 3), np.uint8))  # 810,000 pixels > register.max_image_pixels
+    too_big = post(url, [cell, big], ["cell", "field"])
+    assert too_big.status_code == 400 and "image 1: image is 900x900" in too_big.text
+    assert "register.max_image_pixels" in too_big.text
+    wrong_kind = post(url, [cell], ["smear"])
+    assert wrong_kind.status_code == 400 and "kind must be 'cell' or 'field'" in wrong_kind.text
+    assert requests.get(f"{url}/ping", timeout=5).status_code == 200  # still serving

@@ -54,6 +54,7 @@ IMAGE_SCHEMA = pa.schema(
         ("too_small", pa.int32()),
         ("low_fill", pa.int32()),
         ("seconds", pa.float32()),
+        ("node", pa.string()),  # the Ray node that processed it (null outside Ray)
     ]
 )
 

@@ -17,6 +17,7 @@ from typing import Optional
 import numpy as np
 
 from ..config import PrototypesConfig, SelectConfig
+from ..runtime import node_id
 from . import prototypes as P
 
 log = logging.getLogger(__name__)
@@ -44,11 +45,12 @@ class PrototypeStore:
 
         self.snapshot_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.events_path, "a") as fh:
-            fh.write(json.dumps({"event": kind, "time": time.time(), "pid": os.getpid(), **fields}) + "\n")
+            fh.write(json.dumps({"event": kind, "time": time.time(), "pid": os.getpid(), "node": node_id(),
+                                 **fields}) + "\n")
 
     @property
     def events_path(self) -> Path:
-        return self.snapshot_path.with_name(self.snapshot_path.stem + ".events.jsonl")
+        return events_path(self.snapshot_path)
 
     # -------------------------------------------------------------- state
     def _install(self, proto: P.Prototypes) -> None:
@@ -95,8 +97,8 @@ class PrototypeStore:
 
     def info(self) -> dict:
         if self.proto is None:
-            return {"fitted": False, "snapshot": str(self.snapshot_path), "calls": self.calls}
-        return {"fitted": True, "calls": self.calls, "version": self.proto.version, "digest": self.proto.digest, "k": self.proto.k,
+            return {"fitted": False, "snapshot": str(self.snapshot_path), "calls": self.calls, "node": node_id()}
+        return {"fitted": True, "calls": self.calls, "node": node_id(), "version": self.proto.version, "digest": self.proto.digest, "k": self.proto.k,
                 "table": self.proto.table(), "snapshot": str(self.snapshot_path)}
 
     def prototypes(self) -> P.Prototypes:
@@ -109,12 +111,31 @@ class PrototypeStore:
                                    "fit it first")
 
 
-def store_actor(name: str, snapshot: str | Path, detached: bool = False, num_gpus: float = 0.0):
-    """The named store actor: created on first use, found by name afterwards."""
+def events_path(snapshot: str | Path) -> Path:
+    """The store's event log beside its snapshot: ``prototypes.npz`` -> ``prototypes.events.jsonl``."""
+    return Path(snapshot).with_name(Path(snapshot).stem + ".events.jsonl")
+
+
+def store_history(snapshot: str | Path) -> dict:
+    """Where the store actor of ``snapshot`` ran: ``starts`` (1 + restarts) and the Ray ``nodes`` of each
+    start, in order, from its events file."""
+    import json
+
+    events = events_path(snapshot)
+    lines = events.read_text().splitlines() if events.is_file() else []
+    starts = [e for e in map(json.loads, lines) if e["event"] == "start"]
+    return {"starts": len(starts), "nodes": [e.get("node", "") for e in starts]}
+
+
+def store_actor(name: str, snapshot: str | Path, detached: bool = False, num_gpus: float = 0.0,
+                label_selector: Optional[dict] = None):
+    """The named store actor: created on first use, found by name afterwards; on a node matching
+    ``label_selector`` when given (a restart goes to another such node)."""
     import ray
 
     cls = ray.remote(PrototypeStore)
     return cls.options(
+        **({"label_selector": label_selector} if label_selector else {}),
         name=name,
         namespace=NAMESPACE,
         get_if_exists=True,

@@ -32,6 +32,12 @@ class Limits:
     max_image_bytes: int = 20_000_000
     max_image_pixels: int = 25_000_000
     max_images: int = 64
+    max_request_bytes: int = 64_000_000  # a served request's body, checked before it is parsed
+
+
+# The starts of a PNG, a JPEG and a TIFF file once base64-encoded: an image encoded twice, or sent in MLflow's
+# "inputs"/"instances" formats, which hand the base64 text to the model as it is.
+BASE64_STARTS = (b"iVBORw0KGgo", b"/9j/", b"SUkqA", b"TU0AK")
 
 
 class CellClassifier:
@@ -77,7 +83,11 @@ class CellClassifier:
         try:
             return decode_image(bytes(data), self.limits.max_image_pixels, "register.max_image_pixels")
         except BadImage as exc:
-            raise BadInput(f"image {index}: {exc}") from None
+            hint = ""
+            if exc.code == "not_image" and bytes(data[:11]).startswith(BASE64_STARTS):
+                hint = (" (base64 text of an image, not the image: send the file base64-encoded once, in "
+                        "'dataframe_split' or 'dataframe_records'; MLflow's 'inputs' and 'instances' do not decode it)")
+            raise BadInput(f"image {index}: {exc}{hint}") from None
 
     @torch.inference_mode()
     def probabilities(self, crops: Sequence[np.ndarray], batch: int = 64) -> np.ndarray:

@@ -101,7 +101,8 @@ def log_model(model_dir: str | Path, run_cfg: Config) -> dict:
         serving.write_text(json.dumps({"filter": run_cfg.filter.model_dump(mode="json"),
                                        "limits": {"max_image_bytes": r.max_image_bytes,
                                                   "max_image_pixels": r.max_image_pixels,
-                                                  "max_images": r.max_images}}, indent=2))
+                                                  "max_images": r.max_images,
+                                                  "max_request_bytes": r.max_request_bytes}}, indent=2))
         info = mlflow.pyfunc.log_model(
             name=MODEL,
             python_model=str(Path(__file__).with_name("pyfunc.py")),

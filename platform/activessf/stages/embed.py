@@ -32,6 +32,7 @@ from ..data.embeddings import embedding_schema
 from ..data.labelled import list_labelled
 from ..data.sources import read_bytes
 from ..resources import Resources, plan
+from ..runtime import node_id
 from ..stage import StageResult, log_labelled_input, log_regions_input, log_results, stage_run, staged_output
 from ..training.inline import fits_inline
 
@@ -46,6 +47,7 @@ class EmbedBatch:
 
     CONFIG: dict = {}  # set on a subclass per run, so no constructor arguments travel separately
     ONE_THREAD = True  # in an actor of the pool, one per CPU: Ray does the parallelism
+    RECORD_NODE = False  # add a ``node`` column (the Ray node id) to each batch
 
     def __init__(self):
         import torch
@@ -77,11 +79,15 @@ class EmbedBatch:
         rows = [{"id": str(batch["id"][i]), "label": None if labels is None else str(labels[i]),
                  "embedding": f, "error": None} for i, f in zip(ok, feats)]
         rows += [{"id": ident, "label": None, "embedding": None, "error": e} for ident, e in errors]
-        return pa.Table.from_pylist(rows, embedding_schema(self.backbone.dim))
+        table = pa.Table.from_pylist(rows, embedding_schema(self.backbone.dim))
+        if self.RECORD_NODE:  # on Ray: which node embedded these rows (counted in embed.json, not stored)
+            table = table.append_column("node", pa.array([node_id()] * len(table), pa.string()))
+        return table
 
 
-def embedder(cfg: EmbedConfig, one_thread: bool = True) -> type:
-    return type("Embedder", (EmbedBatch,), {"CONFIG": cfg.model_dump(), "ONE_THREAD": one_thread})
+def embedder(cfg: EmbedConfig, one_thread: bool = True, record_node: bool = False) -> type:
+    return type("Embedder", (EmbedBatch,), {"CONFIG": cfg.model_dump(), "ONE_THREAD": one_thread,
+                                            "RECORD_NODE": record_node})
 
 
 def region_table(regions_dir: str | Path) -> Path:
@@ -154,13 +160,14 @@ def run_embed(cfg: Config, source: str, spec: str | Path, out: str | Path, *, ov
         (log_regions_input if source == "regions" else log_labelled_input)(spec, "embedding")
         started = time.time()
         if here:
-            write_here(embed_here(source_rows(source, spec), cfg.embed), stage)
+            nodes = write_here(embed_here(source_rows(source, spec), cfg.embed), stage)
         else:
-            embed_on_ray(source, spec, cfg.embed, res, stage)
+            nodes = embed_on_ray(source, spec, cfg.embed, res, stage)
         meta = embed_record(cfg, source, spec, stage, time.time() - started,
                             "this process (a small set)" if here else
                             f"{res.workers} {'GPU' if res.use_gpu else 'CPU'} actors")
         meta["normalisation"] = norm
+        meta["nodes"] = nodes  # rows per Ray node ("" = this process, outside Ray)
         (stage / "embed.json").write_text(json.dumps(meta, indent=2))
         save_config(cfg, stage)
         log_results(stage, meta, FILES)
@@ -206,16 +213,19 @@ def embed_record(cfg: Config, source: str, spec: str | Path, stage: Path, second
     }
 
 
-def write_here(table: pa.Table, stage: Path) -> None:
-    """``embeddings/`` (the rows without an error) and ``errors.parquet`` of a table made in this process."""
+def write_here(table: pa.Table, stage: Path) -> dict[str, int]:
+    """``embeddings/`` (the rows without an error) and ``errors.parquet`` of a table made in this process;
+    returns the rows per node (all on this process's)."""
     ok = pc.is_null(table.column("error"))
     (stage / "embeddings").mkdir()
     pq.write_table(table.filter(ok).drop_columns(["error"]), stage / "embeddings" / "part-0.parquet")
     pq.write_table(table.filter(pc.invert(ok)).select(["id", "error"]), stage / "errors.parquet")
+    return {node_id(): len(table)}
 
 
-def embed_on_ray(source: str, spec: str | Path, cfg: EmbedConfig, res: Resources, stage: Path) -> None:
-    """The set embedded by an actor pool (``res.workers`` actors, one GPU or one CPU each); the workers write."""
+def embed_on_ray(source: str, spec: str | Path, cfg: EmbedConfig, res: Resources, stage: Path) -> dict[str, int]:
+    """The set embedded by an actor pool (``res.workers`` actors, one GPU or one CPU each); the workers write.
+    Returns the rows embedded (or failed) per Ray node."""
     import ray
     from ray.data.expressions import col
 
@@ -223,9 +233,12 @@ def embed_on_ray(source: str, spec: str | Path, cfg: EmbedConfig, res: Resources
     # read or repartition task running in the same pipeline.
     ds = (region_items(spec) if source == "regions" else labelled_items(spec)).materialize()
     ds = ds.repartition(max(1, min(res.blocks, -(-ds.count() // cfg.batch_size)))).materialize()
-    ds = ds.map_batches(embedder(cfg), batch_size=cfg.batch_size, num_gpus=1 if res.use_gpu else 0,
-                        num_cpus=res.cpus_per_worker, compute=ray.data.ActorPoolStrategy(size=res.workers)).materialize()
-    ds.filter(expr=col("error").is_null()).drop_columns(["error"]).write_parquet(str(stage / "embeddings"))
+    ds = ds.map_batches(embedder(cfg, record_node=True), batch_size=cfg.batch_size, num_gpus=1 if res.use_gpu else 0,
+                        num_cpus=res.cpus_per_worker, compute=ray.data.ActorPoolStrategy(size=res.workers),
+                        **res.remote_args()).materialize()
+    ds.filter(expr=col("error").is_null()).drop_columns(["error", "node"]).write_parquet(str(stage / "embeddings"))
     errors = ds.filter(expr=col("error").is_not_null()).select_columns(["id", "error"]).take_all()
     pq.write_table(pa.Table.from_pylist(errors, pa.schema([("id", pa.string()), ("error", pa.string())])),
                    stage / "errors.parquet")
+    nodes = pa.concat_tables(ray.get(ds.select_columns(["node"]).to_arrow_refs())).column("node").value_counts()
+    return {str(v["values"]): int(v["counts"]) for v in nodes.to_pylist()}

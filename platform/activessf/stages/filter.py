@@ -33,6 +33,7 @@ from ..data.sources import list_inputs, read_bytes
 from ..imageio import decode_png, write_png
 from ..regions.records import TABLES, ImageRecords, display_name, error_record, process_image, read_table
 from ..resources import plan
+from ..runtime import node_id
 from ..stage import StageResult, log_results, stage_run, staged_output
 from ..viz import image_grid, region_overlay, region_stats_figure
 
@@ -55,6 +56,9 @@ def filter_batch(batch: dict[str, np.ndarray], cfg: dict) -> pa.Table:
     out = ImageRecords()
     for path, source in zip(batch["path"], batch["source"]):
         out.extend(filter_file(bytes(path), str(source), config, digest))
+    node = node_id()
+    for row in out.images:
+        row["node"] = node
     return unify(out)
 
 
@@ -87,7 +91,8 @@ def run_filter(cfg: Config, images: str, out: str | Path, *, overwrite: bool = F
         started = time.time()
         ds = ray.data.from_items(items, override_num_blocks=min(len(items), res.blocks))
         ds = ds.map_batches(filter_batch, fn_kwargs={"cfg": cfg.filter.model_dump()}, batch_size=batch_size,
-                            num_cpus=cpus_per_task, compute=ray.data.TaskPoolStrategy(size=res.workers))
+                            num_cpus=cpus_per_task, compute=ray.data.TaskPoolStrategy(size=res.workers),
+                            **res.remote_args())
         write_tables(ds.materialize(), stage)
         summary = summarise(stage, len(files), time.time() - started, cfg.filter)
         (stage / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -142,6 +147,7 @@ def summarise(out: Path, n_files: int, seconds: float, cfg: FilterConfig) -> dic
         "seconds": round(seconds, 2),
         "images_per_s": round(n_files / seconds, 2) if seconds > 0 else None,
         "config_digest": cfg.digest(),
+        "nodes": dict(sorted(Counter(r.get("node") or "" for r in images).items())),  # images per Ray node
     }
 
 

@@ -133,12 +133,13 @@ def predict_dataset(items: list[dict], bundle: dict, res: Resources, batch_size:
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), res.blocks)))
     if res.use_gpu:
         ds = ds.map_batches(PredictActor, fn_constructor_kwargs={"model": ref}, batch_size=batch_size, num_gpus=1,
-                            num_cpus=res.cpus_per_worker, compute=ray.data.ActorPoolStrategy(size=res.workers))
+                            num_cpus=res.cpus_per_worker, compute=ray.data.ActorPoolStrategy(size=res.workers),
+                            **res.remote_args())
     else:
         ds = ds.map_batches(predict_batch, batch_size=batch_size, num_cpus=res.cpus_per_worker,
                             fn_kwargs={"key": bundle["key"], "model": ref,
                                        "threads": max(1, int(res.cpus_per_worker))},
-                            compute=ray.data.TaskPoolStrategy(size=res.workers))
+                            compute=ray.data.TaskPoolStrategy(size=res.workers), **res.remote_args())
     return ds.materialize()
 
 

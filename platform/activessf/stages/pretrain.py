@@ -192,10 +192,11 @@ def fit(loop_config: dict, images, res: Resources, name: str, storage: str, max_
     from ray.train.torch import TorchTrainer
 
     from ..training.checkpoint import load_state
+    from ..training.interrupt import interruptible
     from ..training.loop import train_loop_per_worker
 
     datasets, inline = split_inputs({"train": images})
-    trainer = TorchTrainer(
+    trainer = interruptible(TorchTrainer)(  # Ctrl-C: the run aborts, KeyboardInterrupt, the checkpoints stay
         train_loop_per_worker,
         train_loop_config={**loop_config, "inline": inline},
         scaling_config=res.scaling_config(),
@@ -226,6 +227,7 @@ def write_encoder(stage: Path, cfg: Config, method, state: dict, run: dict) -> d
         "storage": run["storage"], "final_loss": state["history"][-1]["loss"] if state["history"] else None,
         "skipped_steps": state["guard"]["skipped"], "rollbacks": state["guard"]["rollbacks"],
         "lr_factor": state["guard"]["lr_factor"], "resumed": state["resumed"], "startup": run["startup"],
+        "placements": state.get("placements", []),  # each (re)start: its first epoch and the Ray node of each rank
         "budget": run["budget"],
         "weights_digest": file_digest(stage / "encoder.pt"), "mlflow_run_id": run["mlflow_run_id"],
     }

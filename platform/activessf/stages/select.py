@@ -27,7 +27,8 @@ import pyarrow.parquet as pq
 from ..config import Config, flatten, save_config
 from ..data.embeddings import embedding_matrix, read_embeddings
 from ..imageio import decode_png, write_png
-from ..selection.store import NAMESPACE, store_actor
+from ..resources import plan
+from ..selection.store import NAMESPACE, store_actor, store_history
 from ..stage import StageResult, log_regions_input, log_results, stage_run, staged_output
 from ..viz import contact_sheet, distance_histograms, embedding_map
 
@@ -73,6 +74,7 @@ def run_select(cfg: Config, region_embeddings: str | Path, out: str | Path, *,
         (stage / "selection").mkdir()
         pq.write_table(table, stage / "selection" / "part-0.parquet")
         report = selection_report(proto, table, cfg, random_init=proto.weights_digest == "random-init")
+        report["store"] = store_history(stage / "prototypes.npz")  # where the store actor ran (restarts included)
         (stage / "report.json").write_text(json.dumps(report, indent=2))
         save_config(cfg, stage)
         write_figures(stage, proto, table, regions)
@@ -91,7 +93,7 @@ def select_on_ray(cfg: Config, embeddings: Path, stage: Path, labelled_embedding
     snap = stage / "prototypes.npz"
     if snapshot is not None:
         shutil.copyfile(snapshot, snap)
-    actor = store_actor(store_name, snap)
+    actor = store_actor(store_name, snap, label_selector=plan("store", cfg).label_selector)
     try:
         if snapshot is None:
             _, labels, x, meta = read_embeddings(labelled_embeddings)

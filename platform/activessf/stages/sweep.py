@@ -281,9 +281,12 @@ def tuner_for(trainable, space: SearchSpace, cfg: Config, metric: str, scheduler
     return tune.Tuner(
         trainable,
         param_space=param_space(space),
+        # the limit goes to the generator: Tune ignores TuneConfig(max_concurrent_trials) beside a
+        # BasicVariantGenerator (with only a warning), and trials would start as far as resources go
         tune_config=tune.TuneConfig(metric=metric, mode="max", num_samples=cfg.sweep.num_samples,
-                                    scheduler=scheduler, max_concurrent_trials=trials,
-                                    search_alg=BasicVariantGenerator(random_state=cfg.sweep.seed)),
+                                    scheduler=scheduler,
+                                    search_alg=BasicVariantGenerator(random_state=cfg.sweep.seed,
+                                                                     max_concurrent=trials)),
         run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0 if cfg.run.quiet else 1,
                                    callbacks=[tracking]),
     )

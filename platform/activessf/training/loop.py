@@ -54,6 +54,7 @@ class Resumed:
     epoch: int = 0
     history: list = field(default_factory=list)
     digest: str | None = None
+    placements: list = field(default_factory=list)  # per start: the epoch it started at and the ranks' nodes
 
 
 def resume(checkpoint, method, opt, scaler, guard: NonFiniteGuard, rank: int) -> Resumed:
@@ -66,7 +67,7 @@ def resume(checkpoint, method, opt, scaler, guard: NonFiniteGuard, rank: int) ->
     opt.load_state_dict(state["optimizer"])
     scaler.load_state_dict(state["scaler"])
     guard.load(state["guard"])
-    run = Resumed(state["epoch"], state["history"], optimizer_digest(opt))
+    run = Resumed(state["epoch"], state["history"], optimizer_digest(opt), state.get("placements", []))
     log.info("rank %d resumed at epoch %d (optimiser %s)", rank, run.epoch, run.digest)
     return run
 
@@ -89,6 +90,7 @@ def train_loop_per_worker(config: dict) -> None:
     opt = torch.optim.AdamW(groups, lr=0.0, betas=(0.9, 0.95))
     guard = NonFiniteGuard(lc.max_bad_steps, lc.max_rollbacks)
     run = resume(ray.train.get_checkpoint(), method, opt, w.scaler, guard, w.rank)
+    run.placements.append({"from_epoch": run.epoch, "nodes": list(w.nodes)})
     model = w.wrap(method)
     views_of = make_views(method, p.image_size)
     per_worker = max(p.batch_size // (w.world * p.accum_steps), 1)
@@ -96,7 +98,8 @@ def train_loop_per_worker(config: dict) -> None:
                         steps_per_epoch=max(lc.rows // (per_worker * w.world), 1))
     tracker = Tracker(lc.tracking_uri, lc.mlflow_run_id, w.rank)
     feed = ShardFeed(dataset_shard(lc.inline, "train"), per_worker, lc.cache_mb, seed=lc.cfg.run.seed * 1000 + w.rank)
-    hooks = fault_hooks(lc.inject_nan_steps, lc.fail_at_epoch, lc.marker, w.rank, w.world)
+    hooks = fault_hooks(lc.inject_nan_steps, lc.fail_at_epoch, lc.marker, w.rank, w.world,
+                        lc.pause_at_epoch, lc.pause_seconds)
     prepare = ssl_inputs(views_of, w.device)
     good = snapshot(method, opt, w.scaler)  # the state a rollback returns to
     progress = EpochProgress(p.epochs, run.epoch, lc.progress_label or f"pretrain {p.method}",
@@ -140,7 +143,7 @@ def checkpoint_state(method, opt, w: Worker, guard: NonFiniteGuard, epoch: int, 
     """A checkpoint's contents (``stages.pretrain`` reads the encoder, guard, history and timeline)."""
     return {"model": method.state_dict(), "optimizer": opt.state_dict(), "scaler": w.scaler.state_dict(),
             "guard": guard.state(), "epoch": epoch, "history": run.history, "encoder": method.export_encoder(),
-            "optimizer_digest": optimizer_digest(opt), "timeline": timeline,
+            "optimizer_digest": optimizer_digest(opt), "timeline": timeline, "placements": run.placements,
             "resumed": {"epoch": run.epoch, "optimizer_digest": run.digest or ""}}
 
 

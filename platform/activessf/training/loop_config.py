@@ -65,11 +65,15 @@ class PretrainLoopConfig(LoopConfig):
     inject_nan_steps: tuple[int, ...] = Field((), description="test hook: NaN losses at these global steps")
     fail_at_epoch: int | None = Field(None, ge=0, description="test hook: the last worker dies at this "
                                          "epoch, once per run")
-    marker: str | None = Field(None, description="path prefix of fail_at_epoch's 'failed once' file")
+    pause_at_epoch: int | None = Field(None, ge=0, description="test hook: every worker waits pause_seconds "
+                                          "at the start of this epoch, once per run (a window to take a node away)")
+    pause_seconds: float = Field(20.0, ge=0, description="test hook: how long pause_at_epoch waits")
+    marker: str | None = Field(None, description="path prefix of fail_at_epoch's 'failed once' file "
+                               "(and pause_at_epoch's 'paused' file)")
 
     @model_validator(mode="after")
     def _check(self) -> PretrainLoopConfig:
-        if self.fail_at_epoch is not None and not self.marker:
+        if (self.fail_at_epoch is not None or self.pause_at_epoch is not None) and not self.marker:
             raise ValueError("fail_at_epoch needs marker (a path under the run's storage), "
                              "or the worker would fail on every restart")
         return self

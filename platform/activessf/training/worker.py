@@ -31,6 +31,7 @@ class Worker:
     device: torch.device
     amp: Amp
     scaler: torch.amp.GradScaler
+    nodes: tuple = ()  # the Ray node of each rank, in rank order
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """``model`` on this worker's device; DDP-wrapped (Ray Train's ``prepare_model``) when world > 1."""
@@ -54,7 +55,21 @@ def worker_setup(seed: int, precision: str) -> Worker:
     torch.manual_seed(seed)  # identical initial weights on every worker
     use_amp, amp_dtype, use_scaler = amp_settings(precision, device)
     return Worker(ctx.get_world_rank(), ctx.get_world_size(), device, Amp(use_amp, amp_dtype, device.type),
-                  torch.amp.GradScaler("cuda", enabled=use_scaler))
+                  torch.amp.GradScaler("cuda", enabled=use_scaler), rank_nodes(ctx.get_world_size()))
+
+
+def rank_nodes(world: int) -> tuple:
+    """The Ray node of every rank (one all-gather at start-up), so that a run records where it ran."""
+    import torch.distributed as dist
+
+    from ..runtime import node_id
+
+    mine = node_id()
+    if world == 1 or not dist.is_initialized():
+        return (mine,)
+    nodes = [None] * world
+    dist.all_gather_object(nodes, mine)
+    return tuple(nodes)
 
 
 def report(metrics: dict, rank: int, state: Callable[[], dict] | None = None) -> None:
