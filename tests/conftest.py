@@ -102,10 +102,18 @@ def pytest_collection_modifyitems(config, items):
             first.add_marker(pytest.mark.timeout(seconds))
 
 
+_SHARED_STOPPED: list = []
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item):
     if group_of(item) > HEAD_GROUP:
         stop_head()  # before this test's fixtures start a Ray: the head's tests have all run
+    if group_of(item) >= GROUPS.index("multi-node Ray") and not _SHARED_STOPPED:
+        from activessf.runtime import shutdown_ray
+
+        shutdown_ray()  # once: the shared local Ray's tests have all run, later tests start a Ray of their own
+        _SHARED_STOPPED.append(True)
 
 
 @pytest.fixture(scope="session")

@@ -95,15 +95,19 @@ def test_ctrl_c_exits_130_frees_the_cluster_and_the_same_command_resumes(ray_clu
 
     from activessf.cli import main
 
+    def train_actors() -> set[str]:  # Ray Train actors alive on the shared cluster (earlier tests' too)
+        alive = list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+        return {a.actor_id for a in alive if a.class_name in ("TrainController", "RayTrainWorker")}
+
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     command = pretrain_command(fields, tmp_path)
+    before = train_actors()
     first, epoch, out, err, took = interrupt_at_first_checkpoint(command, env, tmp_path)
     assert first.returncode == 130, err[-3000:]
     assert "activessf pretrain: interrupted" in err and "run the same command again to resume" in err
     assert json.loads(out)["exit_code"] == 130 and took < 20, took
     cpus_free(ray, 30)  # the run's worker and placement group are gone, its controller too
-    alive = list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
-    assert not [a.class_name for a in alive if a.class_name in ("TrainController", "RayTrainWorker")]
+    assert not train_actors() - before  # none of the interrupted run's actors is left
     assert not (tmp_path / "out").exists()  # nothing half-written: the same command needs no --overwrite
 
     handler = signal.getsignal(signal.SIGINT)
