@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from activessf.config import load_config
@@ -421,7 +422,10 @@ def kill_cli(args: list, out: Path, anchor: str, delay: float, tmp_path: Path) -
             time.sleep(0.005)
         finished = proc.poll()
         proc.send_signal(signal.SIGKILL)
-        held = sorted(p.name for p in (out.parent / staging[0]).iterdir()) if staging and finished is None else []
+        try:  # the staging directory may have gone a moment before the kill (swapped in, old copy removed)
+            held = sorted(p.name for p in (out.parent / staging[0]).iterdir()) if staging and finished is None else []
+        except FileNotFoundError:
+            held = ["(gone: swapped in)"]
         proc.wait(timeout=30)
     finally:
         proc.kill()
@@ -467,5 +471,32 @@ def test_filter_killed_while_overwriting_leaves_the_old_output_or_the_new_one(ra
     which = check_whole(out, tmp_path / "old", tmp_path / "new", regions_rows)
     assert json.loads((out / "summary.json").read_text())["regions_kept"] == len(regions_rows(out))
     print(f"\nfilter SIGKILLed {delay:.2f} s after its staging held summary.json (in-process run: {took:.2f} s), "
+          f"{'after it finished' if kill['finished'] else 'the staging holding ' + str(kill['held'])}: OUT is the "
+          f"{which} output")
+
+
+def selection_rows(out: Path) -> list:
+    return sorted(tuple(r.values()) for r in pq.read_table(out / "selection").to_pylist())
+
+
+@pytest.mark.ray
+def test_select_killed_while_overwriting_leaves_the_old_output_or_the_new_one(ray_cluster, embedded, tmp_path):
+    """`activessf select --overwrite` SIGKILLed at a random moment of its last steps (after its table and
+    report are staged): OUT reads as the previous selection or as the complete new one."""
+    from activessf.stages.select import run_select
+
+    emb, labelled, out = embedded["emb_regions"], embedded["emb_labelled"], tmp_path / "sel"
+    old_cfg, new_cfg = ["prototypes.k=6"], ["prototypes.k=5"]
+    run_select(load_config(overrides=old_cfg), emb, out, labelled_embeddings=labelled)
+    shutil.copytree(out, tmp_path / "old")
+    started = time.monotonic()
+    run_select(load_config(overrides=new_cfg), emb, tmp_path / "new", labelled_embeddings=labelled)
+    took = time.monotonic() - started
+    assert selection_rows(tmp_path / "old") != selection_rows(tmp_path / "new")
+    delay = random.Random(20).uniform(0, took)
+    kill = kill_cli(["select", "--embeddings", str(emb), "--labelled", str(labelled), "--set", new_cfg[0]], out,
+                    "report.json", delay, tmp_path)
+    which = check_whole(out, tmp_path / "old", tmp_path / "new", selection_rows)
+    print(f"\nselect SIGKILLed {delay:.2f} s after its staging held report.json (in-process run: {took:.2f} s), "
           f"{'after it finished' if kill['finished'] else 'the staging holding ' + str(kill['held'])}: OUT is the "
           f"{which} output")
