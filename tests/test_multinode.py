@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -94,8 +95,7 @@ FIELDS = 7  # the 6 synthetic fields and one 3x3 tiling of the first
 
 @pytest.fixture(scope="module")
 def smears(synthetic, tmp_path_factory):
-    """The synthetic fields, and one field tiled 3 x 3 (1536 x 1152): its filter task runs for seconds,
-    a window in which a test can take its node away."""
+    """The synthetic fields, and one field tiled 3 x 3 (1536 x 1152), a field larger than the others."""
     import shutil
 
     import numpy as np
@@ -131,6 +131,17 @@ def regions(out):
     return pq.read_table(out / "regions").sort_by("region_id")
 
 
+def same_regions(a, b) -> bool:
+    """The regions of two filter outputs are the same, for inputs in different directories (the region id
+    hashes the source path): each file's regions, boxes, statistics and crops."""
+    def table(out):
+        t = pq.read_table(out / "regions").drop_columns(["region_id"])
+        t = t.set_column(t.schema.get_field_index("source"), "source",
+                         [[Path(s).name for s in t["source"].to_pylist()]])
+        return t.sort_by([("source", "ascending"), ("y", "ascending"), ("x", "ascending")])
+    return table(a).equals(table(b))
+
+
 def test_each_stage_runs_on_its_node_type(nodes, calm):
     """Filtering and CPU embedding on CPU nodes only (never the head or a GPU node, which have free CPUs
     too); the store actor on a CPU node. Each image's row names the node that filtered it."""
@@ -153,30 +164,96 @@ def when(condition, timeout: float = 60, every: float = 0.02):
     return value
 
 
+class Gate:
+    """A named pipe in place of an image: whoever opens it to read waits until the gate serves the image's
+    bytes. The first reader is held until ``hold`` returns (a filter task stuck mid-read on a known node,
+    with no race against timing); every later reader (the retried task, the driver's overlays) is served
+    at once."""
+
+    def __init__(self, path, data: bytes, hold):
+        import os
+
+        os.mkfifo(path)
+        self.path, self.data, self.hold, self.stopped = path, data, hold, False
+        self.error = None
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        first = True
+        while not self.stopped:
+            with open(self.path, "wb") as fh:  # blocks until a reader opens the pipe
+                if self.stopped:
+                    return
+                try:
+                    if first:
+                        first = False
+                        self.hold()
+                    fh.write(self.data)
+                except BrokenPipeError:  # the reader died (its node was taken away)
+                    pass
+                except Exception as exc:  # noqa: BLE001 -- reported by the test
+                    self.error = exc
+                    return
+
+    def close(self):
+        import os
+
+        self.stopped = True
+        fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)  # releases a writer waiting for a reader
+        self.thread.join(10)
+        os.close(fd)
+
+
+def readers(path) -> list[int]:
+    """The pids of the processes other than this one that hold ``path`` open."""
+    import os
+
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
+            try:
+                if any(os.readlink(fd) == str(path) for fd in (proc / "fd").iterdir()):
+                    pids.append(int(proc.name))
+            except OSError:  # gone, or not ours to look at
+                pass
+    return pids
+
+
 def test_losing_a_worker_node_mid_filtering_changes_nothing(nodes, calm, smears, tmp_path):
-    """A CPU node dies while it filters an image: Ray Data reruns its task elsewhere, same regions table."""
+    """A CPU node dies while it filters an image: Ray Data reruns its task elsewhere, same regions table.
+
+    The tiled field is a named pipe here: the filter task that opens it waits for its bytes, and the test
+    takes that task's node away (the node whose raylet started the reading worker) while it waits."""
+    import shutil
+
     import ray
-    from ray.util.state import list_tasks
 
     from activessf.stages.filter import run_filter
 
-    cpu, taken = nodes.of_type("cpu"), {}
+    fields, taken = tmp_path / "fields", {}
+    fields.mkdir()
+    for f in smears.iterdir():
+        if f.name != "tiled.png":
+            shutil.copy(f, fields / f.name)
 
-    def busy() -> list[str]:  # the CPU nodes running a task of the filter now
-        running = list_tasks(filters=[("state", "=", "RUNNING")], raise_on_missing_output=False)
-        return [t.node_id for t in running if t.node_id in cpu and "filter_batch" in t.name]
+    def take_away_the_readers_node():
+        (pid,) = when(lambda: readers(fields / "tiled.png"), timeout=30)
+        parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        (victim,) = [n for n, h in nodes.handles.items() if h.all_processes["raylet"][0].process.pid == parent]
+        assert victim in nodes.of_type("cpu")
+        taken["victim"] = nodes.remove(victim)
 
-    def take_away_when_busy():
-        taken["victim"] = nodes.remove(when(busy, every=0.01)[0])
-
-    thief = threading.Thread(target=take_away_when_busy, daemon=True)
-    thief.start()
-    result = run_filter(config(tmp_path), str(smears), tmp_path / "regions")
-    thief.join(60)
-    assert "victim" in taken
-    nodes.replace(taken["victim"])  # before any assertion: later tests need two CPU nodes
+    gate = Gate(fields / "tiled.png", (smears / "tiled.png").read_bytes(), hold=take_away_the_readers_node)
+    try:
+        result = run_filter(config(tmp_path), str(fields), tmp_path / "regions")
+    finally:
+        gate.close()
+    if "victim" in taken:
+        nodes.replace(taken["victim"])  # before any assertion: later tests need two CPU nodes
+    assert gate.error is None and "victim" in taken
     when(lambda: taken["victim"] not in {n["NodeID"] for n in ray.nodes() if n["Alive"]}, timeout=30)
-    assert regions(tmp_path / "regions").equals(regions(calm["root"] / "regions"))
+    assert same_regions(tmp_path / "regions", calm["root"] / "regions")
     assert result["images_ok"] == FIELDS and result["images_failed"] == 0
 
 
