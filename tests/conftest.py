@@ -265,11 +265,13 @@ def head(tmp_path_factory, own_ray):
 
 # The demo as the job: 3 fields, 55 labelled crops; small budgets. Its outputs (a 2-fold fine-tuning run
 # with a final fit, registered as `jobtest`; the ablation's ViT row on the same folds) are what the
-# fine-tuning, registry and serving tests check.
+# fine-tuning, registry and serving tests check. One fine-tuning lane (finetune.parallel_folds=1): each
+# fine-tuning is one Ray Train run fitting its splits in turn (2 runs where there were 5); the plugin-method
+# test runs lanes side by side.
 DEMO_JOB = ["synth.images=3", "synth.labelled=55", "synth.width=512", "synth.height=384", "pretrain.epochs=2",
             "select.bootstrap_epochs=1",
             "pretrain.batch_size=2", "pretrain.num_workers=1", "finetune.epochs=1", "finetune.warmup_epochs=0",
-            "register.model_name=jobtest", "register.max_image_pixels=600000"]
+            "finetune.parallel_folds=1", "register.model_name=jobtest", "register.max_image_pixels=600000"]
 
 
 @pytest.fixture(scope="session")

@@ -77,7 +77,8 @@ def test_a_method_from_outside_the_library_pretrains_and_fine_tunes(embedded, tm
     assert pre["method"] == "toy" and pre["options"] == {"scale": 2.0} and pre["epochs"] == 1
     assert pre["budget"]["epochs"] == 1 and pre["budget"]["steps"] == pre["rows"] // 8  # recorded with the encoder
     assert torch.isfinite(torch.tensor(pre["final_loss"]))
-    # 2 repeats of 2-fold cross-validation (evaluate.repeats): 4 Ray Train runs, each a nested MLflow run
+    # 2 repeats of 2-fold cross-validation (evaluate.repeats): 4 splits, each a nested MLflow run, fitted in 2
+    # Ray Train runs side by side (lanes: the 2 CPUs hold 2 runs), 2 splits one after another in each
     fcfg = build_config(apply_overrides(finetune_config(cfg, tmp_path / "encoder").model_dump(mode="json"),
                                         ["evaluate.repeats=2"]))
     fine = run_finetune(fcfg, embedded["data"] / "labelled", tmp_path / "finetune", name="toy-ft")

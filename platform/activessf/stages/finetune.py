@@ -2,8 +2,10 @@
 
 The fold assignment (``evaluate.repeats`` of them, repeat r seeded ``evaluate.seed + r``) is written to
 ``OUT/folds.json`` and can be passed to other runs (``--folds``) so that compared runs see identical
-splits (NOTES 11). Every (repeat, fold) split runs as a Ray Train run, in parallel when the cluster has
-room. Output:
+splits (NOTES 11). The (repeat, fold) splits and the final fit run in ``resources.concurrent`` Ray Train
+runs side by side (lanes; ``finetune.parallel_folds``), each fitting its share of the splits one after
+another: a split per run when the cluster has room for all, else a run's start-up (about 10 s of new
+processes on 2 cores, docs/startup.md) is paid once per lane, not once per split. Output:
 
     folds.json        sample id -> fold (one map per repeat), k, repeats, seed, digest, small classes
     predictions.parquet  id, label, repeat, fold, probabilities per class
@@ -82,12 +84,12 @@ def fold_split(images, split: tuple[int, int] | str) -> tuple:
             images.filter(expr=col(column) == fold).select_columns(["image", "idx"]).materialize())
 
 
-def fit_fold(cfg_json: dict, split: tuple[int, int] | str, train, val, meta: dict) -> dict:
-    """One (repeat, fold) split (or ``"final"``: every sample, no held-out part) as a Ray Train run, inside a
-    Ray task.
+def fit_lane(cfg_json: dict, lane: list, parts: list[tuple], meta: dict) -> list[dict]:
+    """The splits of ``lane`` ((repeat, fold), or ``"final"``: every sample, no held-out part), whose
+    (train, held-out) sets are ``parts``, as one Ray Train run, inside a Ray task.
 
-    Returns the held-out predictions (and, for the final fit, the model's weights) from the run's
-    last checkpoint, which lives in the run's storage (shared on clusters).
+    Returns per split the held-out predictions (and, for the final fit, the model's weights) from the
+    run's last checkpoint, which lives in the run's storage (shared on clusters).
     """
     from ray.train import RunConfig
     from ray.train.torch import TorchTrainer
@@ -95,28 +97,42 @@ def fit_fold(cfg_json: dict, split: tuple[int, int] | str, train, val, meta: dic
     from ..training.checkpoint import load_state
     from ..training.finetune_loop import finetune_loop_per_worker
 
-    final = split == "final"
-    datasets, inline = split_inputs({"train": train} if final else {"train": train, "val": val})
+    datasets, splits = {}, []
+    for i, (split, (train, val)) in enumerate(zip(lane, parts)):
+        final = split == "final"
+        streamed, inline = split_inputs({"train": train} if final else {"train": train, "val": val})
+        datasets.update({f"{k}{i}": ds for k, ds in streamed.items()})
+        splits.append({"cfg": cfg_json, "train_rows": meta["train_rows"][split], "num_classes": meta["num_classes"],
+                       "class_counts": meta["class_counts"], "tracking_uri": meta["tracking_uri"],
+                       "mlflow_run_id": meta["fold_runs"][split], "has_val": not final, "export_model": final,
+                       "inline": inline, "dataset_suffix": str(i),
+                       "progress_label": f"finetune {meta['name']} {split_name(split, meta['repeats'])}"})
     trainer = TorchTrainer(
         finetune_loop_per_worker,
-        train_loop_config={"cfg": cfg_json, "train_rows": meta["train_rows"][split],
-                           "num_classes": meta["num_classes"], "class_counts": meta["class_counts"],
-                           "tracking_uri": meta["tracking_uri"], "mlflow_run_id": meta["fold_runs"][split],
-                           "has_val": not final, "export_model": final, "inline": inline,
-                           "progress_label": f"finetune {meta['name']} {split_name(split, meta['repeats'])}"},
+        train_loop_config={"splits": splits},
         scaling_config=meta["resources"].scaling_config(),
-        run_config=RunConfig(name=meta["run_names"][split], storage_path=meta["storage"]),
+        run_config=RunConfig(name=lane_run_name(lane, meta), storage_path=meta["storage"]),
         datasets=datasets,
     )
     result = trainer.fit()
     with result.checkpoint.as_directory() as d:
-        state = load_state(d)
-    out = {"split": split, "loss": state["loss"].tolist()}
-    if final:
-        out["model"] = state["model"]
-    else:
-        out.update(idx=state["idx"].numpy(), probs=state["probs"].numpy())
-    return out
+        states = load_state(d)["splits"]
+    outs = []
+    for split, state in zip(lane, states):
+        out = {"split": split, "loss": state["loss"].tolist()}
+        if split == "final":
+            out["model"] = state["model"]
+        else:
+            out.update(idx=state["idx"].numpy(), probs=state["probs"].numpy())
+        outs.append(out)
+    return outs
+
+
+def lane_run_name(lane: list, meta: dict) -> str:
+    """The Ray Train run of ``lane``: its split's run name, or ``NAME-fold0+final-KEY`` for several."""
+    if len(lane) == 1:
+        return meta["run_names"][lane[0]]
+    return f"{meta['name']}-{'+'.join(split_name(s, meta['repeats']) for s in lane)}-{meta['key']}"
 
 
 def inputs_key(ft, data: dict) -> str:
@@ -158,7 +174,7 @@ def run_finetune(cfg: Config, labelled: str | Path, out: str | Path, *, folds_fi
         meta = {"train_rows": {s: train_rows(data, s) for s in jobs},
                 "num_classes": len(data["classes"]), "class_counts": data["counts"].tolist(),
                 "tracking_uri": store_uri(cfg.run.work_dir), "name": name, "storage": train_storage(cfg, storage),
-                "repeats": data["repeats"],
+                "repeats": data["repeats"], "key": key,
                 "run_names": {s: f"{n}-{key}" for s, n in names.items()}, "fold_runs": {s: runs[names[s]] for s in jobs}, "resources": plan("finetune", cfg)}
         results = fit_folds(cfg, data["images"], jobs, meta)
         record = write_outputs(stage, cfg, data, results, labelled)
@@ -231,19 +247,21 @@ def train_rows(data: dict, split: tuple[int, int] | str) -> int:
 
 
 def fit_folds(cfg: Config, images, jobs: list, meta: dict) -> list[dict]:
-    """Every fold (and the final fit) as Ray Train runs, ``resources.concurrent`` at a time."""
+    """Every split (and the final fit) in ``resources.concurrent`` Ray Train runs side by side (lanes,
+    :func:`lanes`), each fitting its splits one after another."""
     import ray
 
-    task = ray.remote(num_cpus=0)(fit_fold)
+    task = ray.remote(num_cpus=0)(fit_lane)
     cfg_json = cfg.model_dump(mode="json")
-    pending, results = [], []
-    for f in jobs:
-        train, val = fold_split(images, f)
-        pending.append(task.remote(cfg_json, f, train, val, meta))
-        if len(pending) >= meta["resources"].concurrent:
-            done, pending = ray.wait(pending, num_returns=1)
-            results += ray.get(done)
-    return results + ray.get(pending)
+    pending = [task.remote(cfg_json, lane, [fold_split(images, s) for s in lane], meta)
+               for lane in lanes(jobs, meta["resources"].concurrent)]
+    return [out for outs in ray.get(pending) for out in outs]
+
+
+def lanes(jobs: list, concurrent: int) -> list[list]:
+    """``jobs`` dealt round-robin into ``concurrent`` lanes (fewer when there are fewer jobs)."""
+    n = max(min(concurrent, len(jobs)), 1)
+    return [jobs[i::n] for i in range(n) if jobs[i::n]]
 
 
 def write_outputs(stage: Path, cfg: Config, data: dict, results: list[dict], labelled) -> dict:

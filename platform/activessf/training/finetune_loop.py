@@ -1,13 +1,16 @@
-"""The fine-tuning loop each Ray Train worker runs for one fold.
+"""The fine-tuning loop each Ray Train worker runs for a lane: one or more splits (folds, the final fit).
 
 The same step as pretraining (:func:`engine.train_one_epoch`: AdamW, per-step
 warm-up + cosine, AMP on GPU; DDP via Ray Train, rank-0 MLflow), with
 layer-wise lr decay, cross-entropy (optionally class-weighted) and optional
-class-balanced sampling. What it reads from its config dict is
-:class:`loop_config.FinetuneLoopConfig`. At the end the
-held-out fold's class probabilities (gathered from every worker) and, for the
-final fit on all samples, the model's weights travel back in the last
-checkpoint, so that nothing depends on a disk the workers and the caller share.
+class-balanced sampling. The loop's config is ``{"splits": [...]}``, each split's
+dict a :class:`loop_config.FinetuneLoopConfig`; the splits are fitted one after
+another in the same worker processes, each a fresh model from the same seed (what
+a run of its own would train), so that a Ray Train run's start-up is paid once per
+lane rather than once per split. At the end each held-out fold's class
+probabilities (gathered from every worker) and, for the final fit on all samples,
+the model's weights travel back in the last checkpoint (``splits``, in order), so
+that nothing depends on a disk the workers and the caller share.
 """
 
 from __future__ import annotations
@@ -29,18 +32,31 @@ log = logging.getLogger(__name__)
 
 
 def finetune_loop_per_worker(config: dict) -> None:
+    """A lane: ``config["splits"]`` fitted one after another; the last report's checkpoint holds their results."""
+    splits = [FinetuneLoopConfig.from_dict(c) for c in config["splits"]]
+    w = worker_setup(splits[0].cfg.run.seed, splits[0].cfg.finetune.precision)
+    results = []
+    for i, lc in enumerate(splits):
+        metrics, result = fit_split(lc, w, last=i == len(splits) - 1)
+        results.append(result)
+    report(metrics, w.rank, lambda: {"splits": results})  # every worker: the held-out predictions are gathered
+
+
+def fit_split(lc: FinetuneLoopConfig, w: Worker, last: bool) -> tuple[dict, dict]:
+    """One split, from the state a run of its own starts in (seed, GradScaler); reports every epoch but the
+    lane's ``last`` one (whose report carries the checkpoint). Returns its last metrics and its result."""
     from ..finetune.model import build_classifier, layer_decay_groups
 
-    lc = FinetuneLoopConfig.from_dict(config)
     ft = lc.cfg.finetune
-    w = worker_setup(lc.cfg.run.seed, ft.precision)
+    torch.manual_seed(lc.cfg.run.seed)
+    scaler = torch.amp.GradScaler("cuda", enabled=w.scaler.is_enabled())
     model, _ = build_classifier(ft, lc.num_classes, lc.cfg.run.seed)
     opt = torch.optim.AdamW(layer_decay_groups(model, ft.weight_decay, ft.layer_decay), betas=(0.9, 0.999))
     net = w.wrap(model)
     weight = inverse_frequency(torch.tensor(lc.class_counts)).to(w.device) if ft.class_weights else None
     loss_fn = classification_loss(weight)
     per_worker = max(ft.batch_size // w.world, 1)
-    feed = ShardFeed(dataset_shard(lc.inline, "train"), per_worker, lc.cache_mb, seed=lc.cfg.run.seed * 1000 + w.rank,
+    feed = ShardFeed(shard(lc, "train"), per_worker, lc.cache_mb, seed=lc.cfg.run.seed * 1000 + w.rank,
                      prefill=True, balance_by="label" if ft.class_balanced else None)
     schedule = Schedule(scaled_lr(ft.base_lr, ft.batch_size), ft.warmup_epochs, ft.epochs,
                         steps_per_epoch=max(lc.train_rows // (per_worker * w.world), 1))
@@ -50,7 +66,7 @@ def finetune_loop_per_worker(config: dict) -> None:
     progress = EpochProgress(ft.epochs, 0, lc.progress_label or "finetune",
                              enabled=w.rank == 0 and not lc.cfg.run.quiet)
     for epoch in range(ft.epochs):
-        stats = train_one_epoch(net, opt, w.scaler, feed.batches(epoch), epoch, schedule, prepare, loss_fn,
+        stats = train_one_epoch(net, opt, scaler, feed.batches(epoch), epoch, schedule, prepare, loss_fn,
                                 amp=w.amp)
         metrics = {"epoch": epoch + 1, "loss": stats["loss"], "train_accuracy": stats.get("train_accuracy", 0.0),
                    "lr": opt.param_groups[-1]["lr"], "epoch_seconds": stats["epoch_seconds"]}
@@ -58,10 +74,15 @@ def finetune_loop_per_worker(config: dict) -> None:
                         stats["images"] * w.world / max(stats["epoch_seconds"], 1e-9))
         history.append(metrics)
         tracker.metrics(metrics, epoch + 1)
-        if epoch + 1 < ft.epochs:
+        if not (last and epoch + 1 == ft.epochs):
             report(metrics, w.rank)
-    result = fold_result(model, history, lc, w)  # every worker: the held-out predictions are gathered
-    report(metrics, w.rank, lambda: result)
+    return metrics, fold_result(model, history, lc, w)
+
+
+def shard(lc: FinetuneLoopConfig, name: str):
+    """This worker's share of the split's ``name`` set ("train", "val"): in memory, or the Ray dataset
+    ``name + dataset_suffix`` (one lane's splits are named apart)."""
+    return dataset_shard(lc.inline, name if name in lc.inline else name + lc.dataset_suffix)
 
 
 def fold_result(model, history: list[dict], lc: FinetuneLoopConfig, w: Worker) -> dict:
@@ -69,8 +90,7 @@ def fold_result(model, history: list[dict], lc: FinetuneLoopConfig, w: Worker) -
     worker) and, for the final fit, the model's weights."""
     result = {"loss": torch.tensor([h["loss"] for h in history])}
     if lc.has_val:
-        idx, probs = gather(*predict(model, dataset_shard(lc.inline, "val"), eval_view(lc.cfg.finetune.image_size),
-                                     w.device))
+        idx, probs = gather(*predict(model, shard(lc, "val"), eval_view(lc.cfg.finetune.image_size), w.device))
         result.update(idx=torch.from_numpy(idx), probs=torch.from_numpy(probs))
     if lc.export_model:
         result["model"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}

@@ -87,6 +87,8 @@ class FinetuneLoopConfig(LoopConfig):
     class_counts: list[int] = Field(description="training images per class (for finetune.class_weights)")
     has_val: bool = Field(True, description="predict the held-out 'val' set at the end")
     export_model: bool = Field(False, description="return the model's weights in the last checkpoint")
+    dataset_suffix: str = Field("", description="the split's Ray datasets are 'train' and 'val' plus this "
+                                "(a lane's splits are named apart); in-memory sets are the split's own")
     cache_mb: float = Field(4096, ge=0, description="a worker's shard up to this size is kept in memory")
 
     @model_validator(mode="after")
