@@ -75,6 +75,8 @@ def test_every_region_gets_a_recorded_decision(pipeline, fitted):
     assert sum(r["candidates"] for r in report["clusters"]) == len(rids)
     assert sum(r["selected"] for r in report["clusters"]) == report["totals"]["selected"] == sum(d["selected"])
     assert sum(r["n"] for r in report["clusters"]) == 55
+    served = report["store"]["served"]  # every region went through the store actor
+    assert served["assigned"] == len(rids) and served["calls"] >= 1 and served["busy_seconds"] > 0
     assert (out / "distances.png").is_file() and list((out / "clusters").glob("*.png"))
     from activessf.imageio import read_rgb
 

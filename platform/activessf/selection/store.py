@@ -32,7 +32,9 @@ class PrototypeStore:
         self.snapshot_path = Path(snapshot)
         self.proto: Optional[P.Prototypes] = None
         self.index = None
-        self.calls = 0  # assign calls served by this incarnation of the actor
+        self.calls = 0  # assign calls served by this incarnation of the actor,
+        self.assigned = 0  # the rows they held,
+        self.busy_seconds = 0.0  # and the time spent in them
         if self.snapshot_path.is_file():
             self._install(P.load(self.snapshot_path))
             log.info("prototype store: reloaded version %d from %s", self.proto.version, self.snapshot_path)
@@ -85,10 +87,15 @@ class PrototypeStore:
     def assign(self, embeddings: np.ndarray) -> dict:
         """Eq. 7 and Eq. 9 for a batch (``prototypes.select`` on the store's index); also returns the
         version that decided it."""
+        import time
+
         self._need()
-        self.calls += 1
-        return {**P.select(self.proto, embeddings, self.index), "version": self.proto.version,
-                "digest": self.proto.digest}
+        started = time.perf_counter()
+        out = {**P.select(self.proto, embeddings, self.index), "version": self.proto.version,
+               "digest": self.proto.digest}
+        self.calls, self.assigned = self.calls + 1, self.assigned + len(embeddings)
+        self.busy_seconds += time.perf_counter() - started
+        return out
 
     def snapshot(self) -> str:
         self._need()
@@ -96,10 +103,13 @@ class PrototypeStore:
         return str(self.snapshot_path)
 
     def info(self) -> dict:
+        """State and load of this incarnation of the store (counters start again after a restart)."""
+        load = {"calls": self.calls, "assigned": self.assigned, "busy_seconds": round(self.busy_seconds, 3),
+                "node": node_id(), "snapshot": str(self.snapshot_path)}
         if self.proto is None:
-            return {"fitted": False, "snapshot": str(self.snapshot_path), "calls": self.calls, "node": node_id()}
-        return {"fitted": True, "calls": self.calls, "node": node_id(), "version": self.proto.version, "digest": self.proto.digest, "k": self.proto.k,
-                "table": self.proto.table(), "snapshot": str(self.snapshot_path)}
+            return {"fitted": False, **load}
+        return {"fitted": True, **load, "version": self.proto.version, "digest": self.proto.digest,
+                "k": self.proto.k, "table": self.proto.table()}
 
     def prototypes(self) -> P.Prototypes:
         self._need()

@@ -69,12 +69,13 @@ def run_select(cfg: Config, region_embeddings: str | Path, out: str | Path, *,
     with staged_output(out, overwrite) as stage, stage_run(cfg, "select", params(cfg)) as run:
         if regions is not None:
             log_regions_input(regions, "selection")
-        proto, table = select_on_ray(cfg, path, stage, labelled_embeddings, snapshot, store_name, batch_size,
-                                     on_store)
+        proto, table, served = select_on_ray(cfg, path, stage, labelled_embeddings, snapshot, store_name,
+                                             batch_size, on_store)
         (stage / "selection").mkdir()
         pq.write_table(table, stage / "selection" / "part-0.parquet")
         report = selection_report(proto, table, cfg, random_init=proto.weights_digest == "random-init")
-        report["store"] = store_history(stage / "prototypes.npz")  # where the store actor ran (restarts included)
+        # where the store actor ran (restarts included), and what its last start served
+        report["store"] = {**store_history(stage / "prototypes.npz"), "served": served}
         (stage / "report.json").write_text(json.dumps(report, indent=2))
         save_config(cfg, stage)
         write_figures(stage, proto, table, regions)
@@ -86,8 +87,9 @@ def run_select(cfg: Config, region_embeddings: str | Path, out: str | Path, *,
 
 def select_on_ray(cfg: Config, embeddings: Path, stage: Path, labelled_embeddings, snapshot, store_name: str,
                   batch_size: int, on_store) -> tuple:
-    """(prototypes, selection table): a store actor fitted (or loaded) and every region assigned through
-    it by Ray Data tasks; the actor is gone afterwards."""
+    """(prototypes, selection table, what the store served): a store actor fitted (or loaded) and every
+    region assigned through it by Ray Data tasks; the actor is gone afterwards. What it served (``calls``,
+    ``assigned`` rows, ``busy_seconds`` inside those calls) counts from its last start."""
     import ray
 
     snap = stage / "prototypes.npz"
@@ -108,7 +110,8 @@ def select_on_ray(cfg: Config, embeddings: Path, stage: Path, labelled_embedding
                             batch_format="pyarrow", num_cpus=0.5)
         table = pa.concat_tables([t for t in ray.get(ds.to_arrow_refs()) if t.num_rows] or
                                  [SELECTION_SCHEMA.empty_table()]).cast(SELECTION_SCHEMA).sort_by("region_id")
-        return ray.get(actor.prototypes.remote()), table
+        info = ray.get(actor.info.remote())
+        return ray.get(actor.prototypes.remote()), table, {k: info[k] for k in ("calls", "assigned", "busy_seconds")}
     finally:
         ray.kill(actor, no_restart=True)
 
@@ -120,6 +123,7 @@ def params(cfg: Config) -> dict:
 
 def metrics(report: dict) -> dict:
     out = {k: report["totals"][k] for k in ("regions", "selected", "share_selected")}
+    out["store.busy_seconds"] = report["store"]["served"]["busy_seconds"]
     for r in report["clusters"]:
         out.update({f"cluster{r['cluster']:02d}.{k}": r[k] for k in ("n", "threshold", "candidates", "selected")})
     return out
