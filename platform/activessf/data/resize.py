@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..imageio import decode_png
+from ..process import image_worker
 from .decode import decode_image
 from .sources import read_bytes
 
@@ -21,7 +22,7 @@ def source_size(image_size: int) -> int:
 def _resize(img: np.ndarray, size: int) -> np.ndarray:
     import cv2
 
-    cv2.setNumThreads(1)  # one core per task; Ray does the parallelism
+    image_worker()  # one core per task; Ray does the parallelism
     return cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
 
 

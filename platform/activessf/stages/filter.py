@@ -31,6 +31,7 @@ from ..config import Config, FilterConfig, flatten, save_config
 from ..data.decode import BadImage, decode_image
 from ..data.sources import list_inputs, read_bytes
 from ..imageio import decode_png, write_png
+from ..process import image_worker
 from ..regions.records import TABLES, ImageRecords, display_name, error_record, process_image, read_table
 from ..resources import plan
 from ..runtime import node_id
@@ -48,9 +49,7 @@ UNIFIED = pa.schema(
 
 def filter_batch(batch: dict[str, np.ndarray], cfg: dict) -> pa.Table:
     """Ray Data UDF: a batch of file paths in, unified region/rejected/error/image rows out."""
-    import cv2
-
-    cv2.setNumThreads(1)  # one core per task; Ray does the parallelism
+    image_worker()  # one core per task (Ray does the parallelism), freed memory kept for the next image
     config = FilterConfig(**cfg)
     digest = config.digest()
     out = ImageRecords()
@@ -105,15 +104,20 @@ def run_filter(cfg: Config, images: str, out: str | Path, *, overwrite: bool = F
 
 
 def write_tables(ds, stage: Path) -> None:
-    """The unified rows of a materialised dataset, split into the output's tables."""
+    """The unified rows of a materialised dataset, split into the output's tables: the regions (with their
+    crops) written by Ray Data tasks, the small tables (no crops) collected in one pass and split here."""
+    import pyarrow.compute as pc
     from ray.data.expressions import col
 
-    for kind, schema in TABLES.items():
-        part = ds.filter(expr=col("kind") == kind).select_columns(schema.names)
-        if kind == "regions":
-            write_dataset(part, stage / "regions", schema)
-        else:
-            pq.write_table(collect(part, schema), stage / f"{kind}.parquet")
+    write_dataset(ds.filter(expr=col("kind") == "regions").select_columns(TABLES["regions"].names),
+                  stage / "regions", TABLES["regions"])
+    small = [kind for kind in TABLES if kind != "regions"]
+    names = list(dict.fromkeys(["kind", *(n for kind in small for n in TABLES[kind].names)]))
+    rest = collect(ds.filter(expr=col("kind") != "regions").select_columns(names),
+                   pa.schema([UNIFIED.field(n) for n in names]))
+    for kind in small:
+        part = rest.filter(pc.equal(rest.column("kind"), kind)).select(TABLES[kind].names)
+        pq.write_table(part.cast(TABLES[kind]), stage / f"{kind}.parquet")
 
 
 def collect(ds, schema: pa.Schema) -> pa.Table:

@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from ..config import Config, FilterConfig, save_config
 from ..data.sources import list_inputs, read_bytes
+from ..process import image_worker
 from ..regions.records import display_name
 from ..resources import Resources, plan
 from ..serving import batch as pb
@@ -102,10 +103,9 @@ def predict_files(batch: dict[str, np.ndarray], clf) -> pa.Table:
 
 def predict_batch(batch: dict[str, np.ndarray], key: str, model, threads: int = 1) -> pa.Table:
     """Ray Data task UDF (CPU): the classifier is loaded on the process's first batch and kept."""
-    import cv2
     import torch
 
-    cv2.setNumThreads(1)
+    image_worker()
     torch.set_num_threads(threads)
     if key not in _LOADED:
         _LOADED.clear()

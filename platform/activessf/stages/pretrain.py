@@ -36,6 +36,7 @@ from ..config import Config, flatten, save_config
 from ..data.decode import decode_image
 from ..data.resize import decode_resize, source_size
 from ..data.sources import list_inputs, read_bytes
+from ..process import image_worker
 from ..resources import Resources, plan
 from ..stage import StageResult, log_regions_input, log_results, stage_run, staged_output, train_storage
 from ..tracking import store_uri
@@ -51,7 +52,7 @@ def field_crops(batch: dict, size: int, crop: int, per_field: int, seed: int) ->
     """``per_field`` random square crops of side ``crop`` from each whole field (the no-filter ablation)."""
     import cv2
 
-    cv2.setNumThreads(1)
+    image_worker()
     out = []
     for path in batch["path"]:
         img = decode_image(read_bytes(str(path)), 10**9)
