@@ -59,8 +59,9 @@ class RunConfig(Section):
         None, ge=1, description="CPUs for a local Ray started by the platform (None = all)"
     )
     inline_data_mb: float = Field(
-        256, ge=0, description="training sets up to this size (decoded) go to the Ray Train workers in memory, "
-        "without a Ray Data pipeline (saves seconds per run); larger ones stream from Ray Data; 0 = always stream"
+        256, ge=0, description="data up to this size skips a Ray Data pipeline (saves seconds per run): training "
+        "sets (decoded) go to the Ray Train workers in memory, embedding sets are embedded in the driver, a "
+        "filter's output is split into its tables in the driver; larger ones stream from Ray Data; 0 = always stream"
     )
     quiet: bool = Field(False, description="no progress bars, no per-epoch lines (also in Ray Train workers), "
                         "no info logs: warnings, errors and the result only (the CLI's --quiet)")

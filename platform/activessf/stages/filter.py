@@ -36,6 +36,7 @@ from ..regions.records import TABLES, ImageRecords, display_name, error_record, 
 from ..resources import plan
 from ..runtime import node_id
 from ..stage import StageResult, log_results, stage_run, staged_output
+from ..training.inline import fits_inline
 from ..viz import image_grid, region_overlay, region_stats_figure
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ def run_filter(cfg: Config, images: str, out: str | Path, *, overwrite: bool = F
         ds = ds.map_batches(filter_batch, fn_kwargs={"cfg": cfg.filter.model_dump()}, batch_size=batch_size,
                             num_cpus=cpus_per_task, compute=ray.data.TaskPoolStrategy(size=res.workers),
                             **res.remote_args())
-        write_tables(ds.materialize(), stage)
+        write_tables(ds.materialize(), stage, cfg.run.inline_data_mb)
         summary = summarise(stage, len(files), time.time() - started, cfg.filter)
         (stage / "summary.json").write_text(json.dumps(summary, indent=2))
         save_config(cfg, stage)
@@ -103,21 +104,33 @@ def run_filter(cfg: Config, images: str, out: str | Path, *, overwrite: bool = F
     return StageResult("filter", Path(out).resolve(), summary, run.info.run_id, FILES)
 
 
-def write_tables(ds, stage: Path) -> None:
-    """The unified rows of a materialised dataset, split into the output's tables: the regions (with their
-    crops) written by Ray Data tasks, the small tables (no crops) collected in one pass and split here."""
-    import pyarrow.compute as pc
+def write_tables(ds, stage: Path, inline_mb: float = 0) -> None:
+    """The unified rows of a materialised dataset, split into the output's tables. Up to ``inline_mb``
+    (``run.inline_data_mb``) every row is fetched once and split here; a larger output keeps its regions
+    (with their crops) out of this process: Ray Data tasks write them, and only the small tables (no
+    crops) are collected, in one pass."""
     from ray.data.expressions import col
 
-    write_dataset(ds.filter(expr=col("kind") == "regions").select_columns(TABLES["regions"].names),
-                  stage / "regions", TABLES["regions"])
-    small = [kind for kind in TABLES if kind != "regions"]
-    names = list(dict.fromkeys(["kind", *(n for kind in small for n in TABLES[kind].names)]))
-    rest = collect(ds.filter(expr=col("kind") != "regions").select_columns(names),
-                   pa.schema([UNIFIED.field(n) for n in names]))
-    for kind in small:
-        part = rest.filter(pc.equal(rest.column("kind"), kind)).select(TABLES[kind].names)
-        pq.write_table(part.cast(TABLES[kind]), stage / f"{kind}.parquet")
+    if fits_inline(ds.size_bytes(), inline_mb):
+        rows = collect(ds, UNIFIED)
+        (stage / "regions").mkdir()
+        pq.write_table(split(rows, "regions"), stage / "regions" / "part-0.parquet")
+    else:
+        write_dataset(ds.filter(expr=col("kind") == "regions").select_columns(TABLES["regions"].names),
+                      stage / "regions", TABLES["regions"])
+        names = list(dict.fromkeys(["kind", *(n for kind in TABLES if kind != "regions" for n in TABLES[kind].names)]))
+        rows = collect(ds.filter(expr=col("kind") != "regions").select_columns(names),
+                       pa.schema([UNIFIED.field(n) for n in names]))
+    for kind in TABLES:
+        if kind != "regions":
+            pq.write_table(split(rows, kind), stage / f"{kind}.parquet")
+
+
+def split(rows: pa.Table, kind: str) -> pa.Table:
+    """The rows of one table (``kind``) of unified rows, in that table's schema."""
+    import pyarrow.compute as pc
+
+    return rows.filter(pc.equal(rows.column("kind"), kind)).select(TABLES[kind].names).cast(TABLES[kind])
 
 
 def collect(ds, schema: pa.Schema) -> pa.Table:
