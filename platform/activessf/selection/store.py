@@ -104,7 +104,7 @@ class PrototypeStore:
 
     def info(self) -> dict:
         """State and load of this incarnation of the store (counters start again after a restart)."""
-        load = {"calls": self.calls, "assigned": self.assigned, "busy_seconds": round(self.busy_seconds, 3),
+        load = {"calls": self.calls, "assigned": self.assigned, "busy_seconds": round(self.busy_seconds, 6),
                 "node": node_id(), "snapshot": str(self.snapshot_path)}
         if self.proto is None:
             return {"fitted": False, **load}

@@ -22,6 +22,7 @@ from typing import Optional
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..config import Config, flatten, save_config
@@ -41,16 +42,36 @@ SELECTION_SCHEMA = pa.schema([("region_id", pa.string()), ("cluster", pa.int32()
                               ("prototypes_version", pa.int32())])
 
 
-def assign_batch(batch: pa.Table, store: str) -> pa.Table:
-    """Ray Data UDF: ask the store actor to assign and select a batch of region embeddings."""
+MAP_SAMPLE = 5000  # regions drawn in embedding_map.png (a sample of a larger set)
+
+
+def in_sample(ids: pa.Array | pa.ChunkedArray, rate: float) -> np.ndarray:
+    """Which of ``ids`` belong to a fixed sample of about ``rate`` of all regions: decided per id by its
+    hash, so the same regions are drawn whatever the batches, the order or the cluster size."""
+    import hashlib
+
+    if rate >= 1:
+        return np.ones(len(ids), bool)
+    limit = int(rate * 2**64)
+    return np.array([int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8).digest(), "big") < limit
+                     for i in ids.to_pylist()], bool)
+
+
+def assign_batch(batch: pa.Table, store: str, sample_rate: float = 0.0) -> pa.Table:
+    """Ray Data UDF: ask the store actor to assign and select a batch of region embeddings. The column
+    ``sample`` keeps the embedding of the regions in the map's sample (:func:`in_sample`), null elsewhere,
+    so that the map needs no second read of the embeddings."""
     import ray
 
     x = embedding_matrix(batch.column("embedding"))
     actor = ray.get_actor(store, namespace=NAMESPACE)
     res = ray.get(actor.assign.remote(x))
+    emb = batch.column("embedding")
+    sample = pc.if_else(pa.array(in_sample(batch.column("id"), sample_rate)), emb, pa.nulls(len(batch), emb.type))
     return pa.table({"region_id": batch.column("id"), "cluster": res["cluster"].astype(np.int32),
                      "distance": res["distance"], "threshold": res["threshold"], "selected": res["selected"],
-                     "prototypes_version": np.full(len(batch), res["version"], np.int32)}, SELECTION_SCHEMA)
+                     "prototypes_version": np.full(len(batch), res["version"], np.int32), "sample": sample},
+                    SELECTION_SCHEMA.append(pa.field("sample", emb.type)))
 
 
 def run_select(cfg: Config, region_embeddings: str | Path, out: str | Path, *,
@@ -69,8 +90,8 @@ def run_select(cfg: Config, region_embeddings: str | Path, out: str | Path, *,
     with staged_output(out, overwrite) as stage, stage_run(cfg, "select", params(cfg)) as run:
         if regions is not None:
             log_regions_input(regions, "selection")
-        proto, table, served = select_on_ray(cfg, path, stage, labelled_embeddings, snapshot, store_name,
-                                             batch_size, on_store)
+        proto, table, sample, served = select_on_ray(cfg, path, stage, labelled_embeddings, snapshot, store_name,
+                                                     batch_size, on_store)
         (stage / "selection").mkdir()
         pq.write_table(table, stage / "selection" / "part-0.parquet")
         report = selection_report(proto, table, cfg, random_init=proto.weights_digest == "random-init")
@@ -79,7 +100,7 @@ def run_select(cfg: Config, region_embeddings: str | Path, out: str | Path, *,
         (stage / "report.json").write_text(json.dumps(report, indent=2))
         save_config(cfg, stage)
         write_figures(stage, proto, table, regions)
-        write_embedding_map(stage / "embedding_map.png", proto, table, path, labelled_embeddings)
+        write_embedding_map(stage / "embedding_map.png", proto, table, sample, labelled_embeddings)
         log_results(stage, metrics(report), FILES, params={k: report["prototypes"][k] for k in
                                                           ("backbone", "weights_digest")})
     return StageResult("select", Path(out).resolve(), report, run.info.run_id, FILES)
@@ -87,8 +108,9 @@ def run_select(cfg: Config, region_embeddings: str | Path, out: str | Path, *,
 
 def select_on_ray(cfg: Config, embeddings: Path, stage: Path, labelled_embeddings, snapshot, store_name: str,
                   batch_size: int, on_store) -> tuple:
-    """(prototypes, selection table, what the store served): a store actor fitted (or loaded) and every
-    region assigned through it by Ray Data tasks; the actor is gone afterwards. What it served (``calls``,
+    """(prototypes, selection table, the map's sample, what the store served): a store actor fitted (or
+    loaded) and every region assigned through it by Ray Data tasks; the actor is gone afterwards. The
+    sample is (region_id, embedding) of about ``MAP_SAMPLE`` regions. What the store served (``calls``,
     ``assigned`` rows, ``busy_seconds`` inside those calls) counts from its last start."""
     import ray
 
@@ -105,13 +127,19 @@ def select_on_ray(cfg: Config, embeddings: Path, stage: Path, labelled_embedding
             ray.get(actor.set_bounds.remote(cfg.select.model_dump()))
         if on_store is not None:
             on_store(actor)
+        n = sum(pq.read_metadata(f).num_rows for f in embeddings.glob("*.parquet"))
         ds = ray.data.read_parquet(str(embeddings)).select_columns(["id", "embedding"])
-        ds = ds.map_batches(assign_batch, fn_kwargs={"store": store_name}, batch_size=batch_size,
-                            batch_format="pyarrow", num_cpus=0.5)
-        table = pa.concat_tables([t for t in ray.get(ds.to_arrow_refs()) if t.num_rows] or
-                                 [SELECTION_SCHEMA.empty_table()]).cast(SELECTION_SCHEMA).sort_by("region_id")
+        ds = ds.map_batches(assign_batch, fn_kwargs={"store": store_name, "sample_rate": MAP_SAMPLE / max(n, 1)},
+                            batch_size=batch_size, batch_format="pyarrow", num_cpus=0.5)
+        rows = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
+        rows = pa.concat_tables(rows) if rows else None
+        table = rows.drop_columns(["sample"]).cast(SELECTION_SCHEMA).sort_by("region_id") if rows else \
+            SELECTION_SCHEMA.empty_table()
+        sample = rows.filter(pc.is_valid(rows.column("sample"))).select(["region_id", "sample"]).sort_by(
+            "region_id") if rows else None
         info = ray.get(actor.info.remote())
-        return ray.get(actor.prototypes.remote()), table, {k: info[k] for k in ("calls", "assigned", "busy_seconds")}
+        return (ray.get(actor.prototypes.remote()), table, sample,
+                {k: info[k] for k in ("calls", "assigned", "busy_seconds")})
     finally:
         ray.kill(actor, no_restart=True)
 
@@ -196,20 +224,17 @@ def cluster_picks(table: pa.Table, per_row: int = 8) -> dict[int, dict[str, list
     return out
 
 
-def write_embedding_map(path: Path, proto, table: pa.Table, embeddings: Path, labelled: Optional[str | Path],
-                        max_regions: int = 5000, seed: int = 0) -> dict:
-    """:func:`activessf.viz.embedding_map` of a selection: a seeded sample of at most ``max_regions`` regions
-    (read from the ``embeddings`` parquet by id, so a large set is not loaded), the labelled cells when the
-    prototypes were fitted here, the prototypes and their thresholds."""
-    ids = pq.read_table(embeddings, columns=["id"]).column("id").to_pylist()
-    if len(ids) > max_regions:
-        ids = [ids[i] for i in np.random.default_rng(seed).choice(len(ids), max_regions, replace=False)]
-    part = pq.read_table(embeddings, columns=["id", "embedding"], filters=[("id", "in", ids)]).sort_by("id")
+def write_embedding_map(path: Path, proto, table: pa.Table, sample: Optional[pa.Table], labelled: Optional[str | Path],
+                        max_regions: int = MAP_SAMPLE, seed: int = 0) -> dict:
+    """:func:`activessf.viz.embedding_map` of a selection: the regions of ``sample`` (region_id, embedding:
+    about ``max_regions``, drawn while the regions were assigned), the labelled cells when the prototypes
+    were fitted here, the prototypes and their thresholds."""
+    ids = sample.column("region_id").to_pylist() if sample is not None else []
     rows = {rid: i for i, rid in enumerate(table.column("region_id").to_pylist())}
-    order = np.array([rows[rid] for rid in part.column("id").to_pylist()], np.int64)
+    order = np.array([rows[rid] for rid in ids], np.int64)
     sel = table.column("selected").to_numpy(zero_copy_only=False)[order] if len(order) else np.zeros(0, bool)
     dist, thr = (table.column(c).to_numpy()[order].astype(float) for c in ("distance", "threshold"))
-    x = embedding_matrix(part.column("embedding")) if part.num_rows else np.zeros((0, proto.centres.shape[1]))
+    x = embedding_matrix(sample.column("sample")) if ids else np.zeros((0, proto.centres.shape[1]))
     lx, labels = None, None
     if labelled is not None:
         _, labels, lx, _ = read_embeddings(labelled)
