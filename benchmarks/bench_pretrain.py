@@ -23,6 +23,10 @@ That start-up is a per-run cost, reported separately as ``startup_seconds``
 Ray 2, plain, ...) and the ratios are taken within each round; the result is the
 median round's ratio.
 
+Each run also records a profile: the CPU seconds of every process of this process tree by kind (this
+driver, Ray workers by the task or actor they run, each Ray daemon: ``common.TreeSampler``) and the
+machine's context switches per second over the whole run (start-up included).
+
 Two more variants split the gap. `plain_ray_up` runs the plain loop again while
 the local Ray (raylet, GCS, log monitor, idle workers) is up but unused: on 2
 cores the Ray runtime's own background work competes with the 2 torch threads.
@@ -44,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import table, write  # noqa: E402
+from common import TreeSampler, table, write  # noqa: E402
 
 
 VARIANTS = ("plain", "plain_ray_up", "plain_in_ray_task", "ray_1", "ray_2")
@@ -56,6 +60,14 @@ CONFIGS = {
     "small224": dict(model="small", size=224, patch=16, batch=16, images=96, epochs=5, warmup=2, rounds=3,
                      variants="plain,plain_in_ray_task,ray_1"),
 }
+
+
+def context_switches() -> int:
+    """Context switches of the whole machine since boot (``ctxt`` in /proc/stat)."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("ctxt "):
+            return int(line.split()[1])
+    return 0
 
 
 def overrides(args, workers: int) -> list[str]:
@@ -149,10 +161,17 @@ def main() -> None:
     runs: dict[str, list[list[float]]] = {k: [] for k in VARIANTS if k in chosen}
     walls: dict[str, list[float]] = {k: [] for k in runs}  # whole run: start-up, every epoch, checkpoint
 
+    profiles: dict[str, list[dict]] = {k: [] for k in runs}  # per run: CPU seconds by process, switches/s
+
     def timed(key, fn):
-        t0 = time.perf_counter()
-        result = fn()
-        walls[key].append(time.perf_counter() - t0)
+        with TreeSampler(every=0.5) as sampler:
+            switches = context_switches()
+            t0 = time.perf_counter()
+            result = fn()
+            wall = time.perf_counter() - t0
+            switches = context_switches() - switches
+        walls[key].append(wall)
+        profiles[key].append({"cpu_seconds": sampler.cpu_seconds, "context_switches_per_s": round(switches / wall)})
         return result
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -194,7 +213,7 @@ def main() -> None:
               "epochs": args.epochs, "warmup_epochs": args.warmup, "rounds": args.rounds, "epoch_seconds": runs,
               "run_wall_seconds": walls, "startup_seconds_per_round": startup,
               "startup_seconds": {k: round(float(np.median(v)), 2) for k, v in startup.items()},
-              "median_epoch_seconds_per_round": per_round, "median_epoch_seconds": med}
+              "median_epoch_seconds_per_round": per_round, "median_epoch_seconds": med, "profiles": profiles}
     ratios = {"ray1_over_plain": ("ray_1", "plain"), "ray2_over_ray1": ("ray_2", "ray_1"),
               "ray1_over_plain_ray_up": ("ray_1", "plain_ray_up"), "plain_ray_up_over_plain": ("plain_ray_up", "plain"),
               "plain_in_ray_task_over_plain": ("plain_in_ray_task", "plain"),

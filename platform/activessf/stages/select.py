@@ -66,12 +66,18 @@ def assign_batch(batch: pa.Table, store: str, sample_rate: float = 0.0) -> pa.Ta
     x = embedding_matrix(batch.column("embedding"))
     actor = ray.get_actor(store, namespace=NAMESPACE)
     res = ray.get(actor.assign.remote(x))
-    emb = batch.column("embedding")
-    sample = pc.if_else(pa.array(in_sample(batch.column("id"), sample_rate)), emb, pa.nulls(len(batch), emb.type))
     return pa.table({"region_id": batch.column("id"), "cluster": res["cluster"].astype(np.int32),
                      "distance": res["distance"], "threshold": res["threshold"], "selected": res["selected"],
-                     "prototypes_version": np.full(len(batch), res["version"], np.int32), "sample": sample},
-                    SELECTION_SCHEMA.append(pa.field("sample", emb.type)))
+                     "prototypes_version": np.full(len(batch), res["version"], np.int32),
+                     "sample": sample_column(x, in_sample(batch.column("id"), sample_rate))},
+                    SELECTION_SCHEMA.append(pa.field("sample", pa.list_(pa.float32()))))
+
+
+def sample_column(x: np.ndarray, keep: np.ndarray) -> pa.ListArray:
+    """The rows of ``x`` where ``keep``, null elsewhere, as a variable-size list column: a null takes no
+    space (in a fixed-size list column every null would still hold a whole embedding)."""
+    offsets = np.concatenate([[0], np.cumsum(keep * x.shape[1])]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(x[keep].reshape(-1)), mask=pa.array(~keep))
 
 
 def run_select(cfg: Config, region_embeddings: str | Path, out: str | Path, *,
@@ -234,7 +240,8 @@ def write_embedding_map(path: Path, proto, table: pa.Table, sample: Optional[pa.
     order = np.array([rows[rid] for rid in ids], np.int64)
     sel = table.column("selected").to_numpy(zero_copy_only=False)[order] if len(order) else np.zeros(0, bool)
     dist, thr = (table.column(c).to_numpy()[order].astype(float) for c in ("distance", "threshold"))
-    x = embedding_matrix(sample.column("sample")) if ids else np.zeros((0, proto.centres.shape[1]))
+    x = (pc.list_flatten(sample.column("sample")).to_numpy().reshape(len(ids), -1).astype(np.float32) if ids
+         else np.zeros((0, proto.centres.shape[1])))
     lx, labels = None, None
     if labelled is not None:
         _, labels, lx, _ = read_embeddings(labelled)
