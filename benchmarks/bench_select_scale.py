@@ -66,7 +66,8 @@ def make_data(root: Path, n: int, dim: int, seed: int = 0) -> dict:
     for f, lo in enumerate(range(0, n, ROWS_PER_FILE)):
         m = min(ROWS_PER_FILE, n - lo)
         c = rng.choice(K, m, p=share)
-        x = centres[c] + rng.standard_normal((m, dim), dtype=np.float32) * rng.uniform(0.6, 1.4, (m, 1)).astype(np.float32)
+        noise = rng.standard_normal((m, dim), dtype=np.float32)
+        x = centres[c] + noise * rng.uniform(0.6, 1.4, (m, 1)).astype(np.float32)  # per region: its own spread
         pq.write_table(rows([f"r{lo + i:08d}" for i in range(m)], [None] * m, x),
                        root / "regions" / "embeddings" / f"part-{f:04d}.parquet")
         print(f"\rwriting region embeddings: {lo + m:,}/{n:,} ({time.perf_counter() - started:.0f} s)", end="",
