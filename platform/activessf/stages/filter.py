@@ -118,7 +118,8 @@ def write_tables(ds, stage: Path, inline_mb: float = 0) -> None:
     else:
         write_dataset(ds.filter(expr=col("kind") == "regions").select_columns(TABLES["regions"].names),
                       stage / "regions", TABLES["regions"])
-        names = list(dict.fromkeys(["kind", *(n for kind in TABLES if kind != "regions" for n in TABLES[kind].names)]))
+        small = [kind for kind in TABLES if kind != "regions"]
+        names = list(dict.fromkeys(["kind", *(n for kind in small for n in TABLES[kind].names)]))
         rows = collect(ds.filter(expr=col("kind") != "regions").select_columns(names),
                        pa.schema([UNIFIED.field(n) for n in names]))
     for kind in TABLES:

@@ -96,8 +96,8 @@ def run_select(cfg: Config, region_embeddings: str | Path, out: str | Path, *,
     with staged_output(out, overwrite) as stage, stage_run(cfg, "select", params(cfg)) as run:
         if regions is not None:
             log_regions_input(regions, "selection")
-        proto, table, sample, served = select_on_ray(cfg, path, stage, labelled_embeddings, snapshot, store_name,
-                                                     batch_size, on_store)
+        proto, table, sample, served = select_on_ray(cfg, path, stage, labelled_embeddings, snapshot,
+                                                     store_name, batch_size, on_store)
         (stage / "selection").mkdir()
         pq.write_table(table, stage / "selection" / "part-0.parquet")
         report = selection_report(proto, table, cfg, random_init=proto.weights_digest == "random-init")
@@ -135,7 +135,8 @@ def select_on_ray(cfg: Config, embeddings: Path, stage: Path, labelled_embedding
             on_store(actor)
         n = sum(pq.read_metadata(f).num_rows for f in embeddings.glob("*.parquet"))
         ds = ray.data.read_parquet(str(embeddings)).select_columns(["id", "embedding"])
-        ds = ds.map_batches(assign_batch, fn_kwargs={"store": store_name, "sample_rate": MAP_SAMPLE / max(n, 1)},
+        rate = MAP_SAMPLE / max(n, 1)  # the embedding map's share of the regions
+        ds = ds.map_batches(assign_batch, fn_kwargs={"store": store_name, "sample_rate": rate},
                             batch_size=batch_size, batch_format="pyarrow", num_cpus=0.5)
         rows = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
         rows = pa.concat_tables(rows) if rows else None
@@ -230,8 +231,8 @@ def cluster_picks(table: pa.Table, per_row: int = 8) -> dict[int, dict[str, list
     return out
 
 
-def write_embedding_map(path: Path, proto, table: pa.Table, sample: Optional[pa.Table], labelled: Optional[str | Path],
-                        max_regions: int = MAP_SAMPLE, seed: int = 0) -> dict:
+def write_embedding_map(path: Path, proto, table: pa.Table, sample: Optional[pa.Table],
+                        labelled: Optional[str | Path], max_regions: int = MAP_SAMPLE, seed: int = 0) -> dict:
     """:func:`activessf.viz.embedding_map` of a selection: the regions of ``sample`` (region_id, embedding:
     about ``max_regions``, drawn while the regions were assigned), the labelled cells when the prototypes
     were fitted here, the prototypes and their thresholds."""
