@@ -144,28 +144,6 @@ def tree_rss_mib(root: int) -> float:
     return round(total_kib / 1024, 1)
 
 
-class RssSampler:
-    """The peak of :func:`tree_rss_mib` sampled every ``every`` seconds while in a ``with`` block."""
-
-    def __init__(self, root: int, every: float = 0.25):
-        self.root, self.every, self.peak = root, every, 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, tree_rss_mib(self.root))
-            self._stop.wait(self.every)
-
-    def __enter__(self) -> "RssSampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 # ------------------------------------------------------------------ requests
 
 
@@ -278,8 +256,10 @@ def load(server: Server, fields: list[bytes], cells: list[bytes], n: int = 500, 
     reqs = load_mix(fields, cells, n)
     ref = reference(server.url, reqs)
     send_all(server.url, load_mix(fields, cells, warmup), concurrency)
+    from common import TreeSampler  # beside this file
+
     rss_warm = tree_rss_mib(server.process.pid)
-    with RssSampler(server.process.pid) as rss:
+    with TreeSampler(server.process.pid, every=0.25) as rss:
         answers, seconds = send_all(server.url, reqs, concurrency)
     rss_end = tree_rss_mib(server.process.pid)
     ms = np.array([a.seconds * 1000 for a in answers])
@@ -294,7 +274,7 @@ def load(server: Server, fields: list[bytes], cells: list[bytes], n: int = 500, 
             "statuses": {str(k): v for k, v in sorted(statuses.items())},
             "server_errors": sum(v for k, v in statuses.items() if k >= 500 or k == 0),
             "wrong_answers": len(wrong), "wrong": wrong[:10],
-            "rss_mib": {"after_warmup": rss_warm, "peak": max(rss.peak, rss_end), "end": rss_end,
+            "rss_mib": {"after_warmup": rss_warm, "peak": round(max(rss.peak_mib, rss_end), 1), "end": rss_end,
                         "growth": round(rss_end / rss_warm - 1, 4)}}
 
 
