@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -43,7 +44,6 @@ class PrototypeStore:
     def _event(self, kind: str, **fields) -> None:
         """Append to ``<snapshot>.events.jsonl``: every start (and so every restart) is on record."""
         import json
-        import time
 
         self.snapshot_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.events_path, "a") as fh:
@@ -87,8 +87,6 @@ class PrototypeStore:
     def assign(self, embeddings: np.ndarray) -> dict:
         """Eq. 7 and Eq. 9 for a batch (``prototypes.select`` on the store's index); also returns the
         version that decided it."""
-        import time
-
         self._need()
         started = time.perf_counter()
         out = {**P.select(self.proto, embeddings, self.index), "version": self.proto.version,
